@@ -1,0 +1,76 @@
+#include "kernels/dilation_plan.h"
+
+#include <stdexcept>
+
+namespace dilated_attention {
+
+int64_t HeadGroup::subset_length() const {
+  return dilated_subset_length(segment_length, dilation_rate, offset);
+}
+
+int64_t group_offset(int64_t group_index, int64_t dilation_rate) {
+  return group_index % dilation_rate;
+}
+
+int64_t dilated_subset_length(int64_t segment_length, int64_t dilation_rate, int64_t offset) {
+  if (offset >= segment_length) return 0;
+  return (segment_length - offset + dilation_rate - 1) / dilation_rate;
+}
+
+std::vector<HeadGroup> make_head_groups(int64_t num_heads, const std::vector<int64_t>& segment_lengths,
+                                        const std::vector<int64_t>& dilation_rates) {
+  const auto num_groups = static_cast<int64_t>(segment_lengths.size());
+  std::vector<HeadGroup> groups;
+  groups.reserve(segment_lengths.size());
+  int64_t next_head = 0;
+  for (int64_t g = 0; g < num_groups; ++g) {
+    HeadGroup group;
+    group.index = g;
+    group.first_head = next_head;
+    group.num_heads = num_heads / num_groups + (g < num_heads % num_groups ? 1 : 0);
+    group.segment_length = segment_lengths[g];
+    group.dilation_rate = dilation_rates[g];
+    group.offset = group_offset(g, dilation_rates[g]);
+    next_head += group.num_heads;
+    groups.push_back(group);
+  }
+  return groups;
+}
+
+const HeadGroup& group_of_head(const std::vector<HeadGroup>& groups, int64_t head) {
+  for (const auto& group : groups) {
+    if (head >= group.first_head && head < group.first_head + group.num_heads) return group;
+  }
+  throw std::out_of_range("head index outside every head group");
+}
+
+std::vector<int64_t> segment_positions(const HeadGroup& group, int64_t segment_index) {
+  std::vector<int64_t> positions;
+  positions.reserve(static_cast<size_t>(group.subset_length()));
+  const int64_t start = segment_index * group.segment_length;
+  for (int64_t within = group.offset; within < group.segment_length; within += group.dilation_rate) {
+    positions.push_back(start + within);
+  }
+  return positions;
+}
+
+bool leaves_positions_uncovered(const std::vector<HeadGroup>& groups) {
+  for (const auto& group : groups) {
+    if (group.dilation_rate > 1) return true;
+  }
+  return false;
+}
+
+double dilated_attention_forward_flops(int64_t batch, int64_t sequence_length, int64_t head_dim,
+                                       const std::vector<HeadGroup>& groups) {
+  double flops = 0.0;
+  for (const auto& group : groups) {
+    flops += 4.0 * static_cast<double>(batch) * static_cast<double>(group.num_heads) *
+             (static_cast<double>(sequence_length) / static_cast<double>(group.dilation_rate)) *
+             (static_cast<double>(group.segment_length) / static_cast<double>(group.dilation_rate)) *
+             static_cast<double>(head_dim);
+  }
+  return flops;
+}
+
+}  // namespace dilated_attention

@@ -1,0 +1,55 @@
+// Index math of LongNet-style dilated attention: which heads form each group, which
+// positions a segment attends over, and how much work that is. Plain C++ on purpose: the
+// ops, kernels, tests and benchmarks all call these functions, so each rule lives here once.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace dilated_attention {
+
+// One head group: the heads [first_head, first_head + num_heads) share a segment length,
+// a dilation rate and an offset.
+struct HeadGroup {
+  int64_t index = 0;
+  int64_t first_head = 0;
+  int64_t num_heads = 0;
+  int64_t segment_length = 0;
+  int64_t dilation_rate = 1;
+  int64_t offset = 0;
+
+  // Number of positions one segment of this group attends over (s/r rounded up past the
+  // offset); 0 when the offset does not fit inside the segment.
+  int64_t subset_length() const;
+  // Number of segments in a sequence of `sequence_length` positions.
+  int64_t num_segments(int64_t sequence_length) const { return sequence_length / segment_length; }
+};
+
+// Offset of group `group_index`: the group index modulo its dilation rate.
+int64_t group_offset(int64_t group_index, int64_t dilation_rate);
+
+// Length of the dilated subset {o + j*r < s : j >= 0}.
+int64_t dilated_subset_length(int64_t segment_length, int64_t dilation_rate, int64_t offset);
+
+// Heads split into len(segment_lengths) contiguous groups; the first H % G groups get one
+// extra head. Callers validate the arguments first (same lengths, positive values, H >= G).
+std::vector<HeadGroup> make_head_groups(int64_t num_heads, const std::vector<int64_t>& segment_lengths,
+                                        const std::vector<int64_t>& dilation_rates);
+
+// The group that owns `head` (the group whose head range contains it).
+const HeadGroup& group_of_head(const std::vector<HeadGroup>& groups, int64_t head);
+
+// Sequence positions of segment `segment_index` of `group`, increasing.
+std::vector<int64_t> segment_positions(const HeadGroup& group, int64_t segment_index);
+
+// True when some position of some head is attended by no segment (dilation rate > 1), so the
+// output and the input gradients need zeros there.
+bool leaves_positions_uncovered(const std::vector<HeadGroup>& groups);
+
+// Effective forward FLOPs, counting only the dilated work: 4 * B * h_g * (N / r_g) * (s_g / r_g)
+// * D summed over the groups. Forward + backward is counted as 3.5x this (backward = 2.5x, the
+// flash-attention convention).
+double dilated_attention_forward_flops(int64_t batch, int64_t sequence_length, int64_t head_dim,
+                                       const std::vector<HeadGroup>& groups);
+
+}  // namespace dilated_attention

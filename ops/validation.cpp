@@ -1,0 +1,97 @@
+#include "ops/validation.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/dilation_plan.h"
+
+namespace dilated_attention {
+namespace {
+
+bool is_supported_dtype(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+         dtype == at::kHalf;
+}
+
+void check_positive(at::IntArrayRef values, const char* name) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    TORCH_CHECK_VALUE(values[i] > 0, name, "[", i, "] must be positive, got ", values[i]);
+  }
+}
+
+void check_same_as_query(const at::Tensor& query, const at::Tensor& other, const char* name) {
+  TORCH_CHECK_VALUE(other.dim() == 4, name, " expected 4D tensor, got ", other.dim(), "D");
+  for (int64_t d = 0; d < 4; ++d) {
+    TORCH_CHECK_VALUE(query.sym_size(d) == other.sym_size(d), "Shape mismatch at dimension ", d,
+                      ": query has size ", query.sym_size(d), ", ", name, " has size ",
+                      other.sym_size(d));
+  }
+  TORCH_CHECK_VALUE(query.device() == other.device(), "Device mismatch: query is on ",
+                    query.device(), ", ", name, " is on ", other.device());
+  TORCH_CHECK_VALUE(query.scalar_type() == other.scalar_type(), "Dtype mismatch: query is ",
+                    query.scalar_type(), ", ", name, " is ", other.scalar_type());
+}
+
+}  // namespace
+
+void check_dilation_config(at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
+                           double dropout_p, std::optional<double> scale) {
+  TORCH_CHECK_VALUE(!segment_lengths.empty(), "segment_lengths cannot be empty");
+  TORCH_CHECK_VALUE(!dilation_rates.empty(), "dilation_rates cannot be empty");
+  TORCH_CHECK_VALUE(segment_lengths.size() == dilation_rates.size(),
+                    "segment_lengths and dilation_rates must have the same length: ",
+                    segment_lengths.size(), " != ", dilation_rates.size());
+  check_positive(segment_lengths, "segment_lengths");
+  check_positive(dilation_rates, "dilation_rates");
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p <= 1.0,
+                    "dropout must be between 0.0 and 1.0, got ", dropout_p);
+  TORCH_CHECK_VALUE(!scale.has_value() || std::isfinite(*scale),
+                    "scale must be a finite number, got ", scale.value_or(0.0));
+}
+
+void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
+                            const at::Tensor& value) {
+  TORCH_CHECK_VALUE(query.dim() == 4, "query expected 4D tensor, got ", query.dim(), "D");
+  check_same_as_query(query, key, "key");
+  check_same_as_query(query, value, "value");
+  TORCH_CHECK_VALUE(is_supported_dtype(query.scalar_type()),
+                    "query dtype must be one of float32, float64, bfloat16, float16, got ",
+                    query.scalar_type());
+}
+
+void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,
+                           at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates) {
+  const auto num_groups = static_cast<int64_t>(segment_lengths.size());
+  TORCH_CHECK_VALUE(num_heads >= num_groups, "num_heads (", num_heads,
+                    ") must be >= num_groups (", num_groups, ")");
+  const int64_t largest = *std::max_element(segment_lengths.begin(), segment_lengths.end());
+  TORCH_CHECK_VALUE(seq_len % largest == 0, "Sequence length (", seq_len,
+                    ") must be divisible by the largest segment length (", largest, ")");
+  for (int64_t g = 0; g < num_groups; ++g) {
+    TORCH_CHECK_VALUE(seq_len % segment_lengths[g] == 0, "Sequence length (", seq_len,
+                      ") must be divisible by segment_lengths[", g, "] (", segment_lengths[g],
+                      ")");
+    const int64_t offset = group_offset(g, dilation_rates[g]);
+    TORCH_CHECK_VALUE(offset < segment_lengths[g], "dilation_rates[", g, "] (",
+                      dilation_rates[g], ") gives group ", g, " the offset ", offset,
+                      ", which must be smaller than segment_lengths[", g, "] (",
+                      segment_lengths[g], ")");
+  }
+}
+
+void check_dilated_attention_args(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, at::IntArrayRef segment_lengths,
+                                  at::IntArrayRef dilation_rates, double dropout_p,
+                                  std::optional<double> scale) {
+  check_dilation_config(segment_lengths, dilation_rates, dropout_p, scale);
+  check_attention_inputs(query, key, value);
+  check_sequence_layout(query.sym_size(1), query.sym_size(2), segment_lengths, dilation_rates);
+}
+
+double resolve_scale(std::optional<double> scale, int64_t head_dim) {
+  return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+}
+
+}  // namespace dilated_attention
