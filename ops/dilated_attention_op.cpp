@@ -10,7 +10,7 @@
 
 #include <mutex>
 
-#include "kernels/cpu/dilated_attention_cpu.h"
+#include "kernels/dilated_attention_kernel.h"
 #include "ops/validation.h"
 
 namespace dilated_attention {
@@ -33,6 +33,7 @@ AttentionConfig make_config(const at::Tensor& query, at::IntArrayRef segment_len
   AttentionConfig config;
   config.groups = make_head_groups(query.size(2), segment_lengths.vec(), dilation_rates.vec());
   config.scale = resolve_scale(scale, query.size(3));
+  config.output_scale = 1.0 / static_cast<double>(segment_lengths.size());
   config.is_causal = is_causal;
   config.dropout_p = dropout_p;
   config.dropout_seed = dropout_seed;
@@ -46,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
   check_dilated_attention_args(query, key, value, segment_lengths, dilation_rates, dropout_p,
                                scale);
   const uint64_t seed = draw_dropout_seed(dropout_p);
-  auto [out, lse] = dilated_attention_forward_cpu(
+  auto [out, lse] = dilated_attention_forward_kernel(
       query, key, value,
       make_config(query, segment_lengths, dilation_rates, dropout_p, is_causal, scale, seed));
   auto rng_state = at::empty({kRngStateSize}, query.options().dtype(at::kLong));
@@ -63,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   check_dilated_attention_args(query, key, value, segment_lengths, dilation_rates, dropout_p,
                                scale);
   const auto seed = static_cast<uint64_t>(rng_state[0].item<int64_t>());
-  return dilated_attention_backward_cpu(
+  return dilated_attention_backward_kernel(
       grad_output, query, key, value, output, softmax_lse,
       make_config(query, segment_lengths, dilation_rates, dropout_p, is_causal, scale, seed));
 }

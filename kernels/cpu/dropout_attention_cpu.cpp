@@ -20,18 +20,18 @@ namespace {
 // pieces for L in the thousands.
 constexpr int64_t kQueryBlock = 64;
 
-// Identity of one (batch, segment, head) slice of a group view, in global coordinates.
+// Global coordinates of one (view batch, view head) slice of a view.
 struct SliceCoordinates {
-  int64_t batch, head, first_position, position_step;
-  int64_t position(int64_t i) const { return first_position + i * position_step; }
+  int64_t batch, head, query_first, key_first, step;
+  int64_t query_position(int64_t i) const { return query_first + i * step; }
+  int64_t key_position(int64_t j) const { return key_first + j * step; }
 };
 
-SliceCoordinates slice_coordinates(const GroupCoordinates& where, int64_t view_batch,
+SliceCoordinates slice_coordinates(const ViewCoordinates& where, int64_t view_batch,
                                    int64_t view_head) {
-  const HeadGroup& g = where.group;
-  const int64_t segments = g.num_segments(where.seq_len);
-  return {view_batch / segments, g.first_head + view_head,
-          (view_batch % segments) * g.segment_length + g.offset, g.dilation_rate};
+  const int64_t view_start = (view_batch % where.views_per_batch) * where.view_stride;
+  return {where.first_batch + view_batch / where.views_per_batch, where.first_head + view_head,
+          view_start + where.query_first, view_start + where.key_first, where.step};
 }
 
 at::Tensor slice_as(const at::Tensor& x, int64_t view_batch, int64_t view_head,
@@ -65,10 +65,10 @@ void apply_mask(const acc_t* weights, acc_t* out, int64_t rows, int64_t cols, in
                 const SliceCoordinates& at, const DropoutMask& mask) {
   const auto keep_scale = static_cast<acc_t>(mask.keep_scale());
   for (int64_t i = 0; i < rows; ++i) {
-    const uint64_t row_key = mask.row_key(at.batch, at.head, at.position(first_row + i));
+    const uint64_t row_key = mask.row_key(at.batch, at.head, at.query_position(first_row + i));
     for (int64_t j = 0; j < cols; ++j) {
       out[i * cols + j] =
-          mask.keeps(row_key, at.position(j)) ? weights[i * cols + j] * keep_scale : acc_t(0);
+          mask.keeps(row_key, at.key_position(j)) ? weights[i * cols + j] * keep_scale : acc_t(0);
     }
   }
 }
@@ -77,14 +77,14 @@ template <typename acc_t>
 void forward_slice(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out,
                    acc_t* lse, bool is_causal, double scale, const DropoutMask& mask,
                    const SliceCoordinates& at) {
-  const int64_t len = q.size(0);
+  const int64_t query_len = q.size(0), key_len = k.size(0);
   const auto key_t = k.t();
-  for (int64_t first = 0; first < len; first += kQueryBlock) {
-    const int64_t rows = std::min(kQueryBlock, len - first);
+  for (int64_t first = 0; first < query_len; first += kQueryBlock) {
+    const int64_t rows = std::min(kQueryBlock, query_len - first);
     auto weights = at::mm(q.narrow(0, first, rows), key_t).mul_(scale);
     auto* w = weights.data_ptr<acc_t>();
-    scores_to_weights(w, rows, len, first, is_causal, lse + first, /*lse_given=*/false);
-    apply_mask(w, w, rows, len, first, at, mask);
+    scores_to_weights(w, rows, key_len, first, is_causal, lse + first, /*lse_given=*/false);
+    apply_mask(w, w, rows, key_len, first, at, mask);
     out.narrow(0, first, rows).copy_(at::mm(weights, v));
   }
 }
@@ -94,31 +94,33 @@ void backward_slice(const at::Tensor& grad_out, const at::Tensor& q, const at::T
                     const at::Tensor& v, const at::Tensor& out, const acc_t* lse_in,
                     at::Tensor grad_q, at::Tensor grad_k, at::Tensor grad_v, bool is_causal,
                     double scale, const DropoutMask& mask, const SliceCoordinates& at) {
-  const int64_t len = q.size(0), head_dim = q.size(1);
+  const int64_t query_len = q.size(0), key_len = k.size(0), head_dim = q.size(1);
   const auto key_t = k.t();
   const auto value_t = v.t();
-  std::vector<acc_t> lse(lse_in, lse_in + len);
-  for (int64_t first = 0; first < len; first += kQueryBlock) {
-    const int64_t rows = std::min(kQueryBlock, len - first);
+  std::vector<acc_t> lse(lse_in, lse_in + query_len);
+  for (int64_t first = 0; first < query_len; first += kQueryBlock) {
+    const int64_t rows = std::min(kQueryBlock, query_len - first);
     const auto q_block = q.narrow(0, first, rows);
     const auto dout_block = grad_out.narrow(0, first, rows);
     auto weights = at::mm(q_block, key_t).mul_(scale);
     auto* w = weights.data_ptr<acc_t>();
-    scores_to_weights(w, rows, len, first, is_causal, lse.data() + first, /*lse_given=*/true);
+    scores_to_weights(w, rows, key_len, first, is_causal, lse.data() + first, /*lse_given=*/true);
     auto dropped = at::empty_like(weights);
-    apply_mask(w, dropped.data_ptr<acc_t>(), rows, len, first, at, mask);
+    apply_mask(w, dropped.data_ptr<acc_t>(), rows, key_len, first, at, mask);
     grad_v.addmm_(dropped.t(), dout_block);
 
     // dS = W * (mask(dO V^T) - rowsum(dO * O)): the softmax backward through the dropout.
     auto grad_weights = at::mm(dout_block, value_t);
     auto* gw = grad_weights.data_ptr<acc_t>();
-    apply_mask(gw, gw, rows, len, first, at, mask);
+    apply_mask(gw, gw, rows, key_len, first, at, mask);
     const acc_t* o = out.data_ptr<acc_t>() + first * head_dim;
     const acc_t* dout = dout_block.data_ptr<acc_t>();
     for (int64_t i = 0; i < rows; ++i) {
       acc_t row_dot = 0;
       for (int64_t d = 0; d < head_dim; ++d) row_dot += dout[i * head_dim + d] * o[i * head_dim + d];
-      for (int64_t j = 0; j < len; ++j) gw[i * len + j] = w[i * len + j] * (gw[i * len + j] - row_dot);
+      for (int64_t j = 0; j < key_len; ++j) {
+        gw[i * key_len + j] = w[i * key_len + j] * (gw[i * key_len + j] - row_dot);
+      }
     }
     grad_q.narrow(0, first, rows).copy_(at::mm(grad_weights, k).mul_(scale));
     grad_k.addmm_(grad_weights.t(), q_block, /*beta=*/1, /*alpha=*/scale);
@@ -138,7 +140,7 @@ void for_each_slice(const at::Tensor& q, const Body& body) {
 
 std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool is_causal, double scale,
-    const DropoutMask& mask, const GroupCoordinates& where) {
+    const DropoutMask& mask, const ViewCoordinates& where) {
   const auto acc = at::toOpMathType(q.scalar_type());
   auto out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(acc));
@@ -158,17 +160,17 @@ std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, bool is_causal, double scale,
-    const DropoutMask& mask, const GroupCoordinates& where) {
+    const DropoutMask& mask, const ViewCoordinates& where) {
   const auto acc = at::toOpMathType(q.scalar_type());
   auto grad_q = at::empty(q.sizes(), q.options());
-  auto grad_k = at::empty(q.sizes(), q.options());
-  auto grad_v = at::empty(q.sizes(), q.options());
+  auto grad_k = at::empty(k.sizes(), k.options());
+  auto grad_v = at::empty(v.sizes(), v.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "dropout_attention_backward", [&] {
     for_each_slice(q, [&](int64_t b, int64_t h) {
       const auto slice_options = q.options().dtype(acc);
       auto dq = at::empty({q.size(2), q.size(3)}, slice_options);
-      auto dk = at::zeros({q.size(2), q.size(3)}, slice_options);
-      auto dv = at::zeros({q.size(2), q.size(3)}, slice_options);
+      auto dk = at::zeros({k.size(2), k.size(3)}, slice_options);
+      auto dv = at::zeros({v.size(2), v.size(3)}, slice_options);
       const auto lse_row = lse.select(0, b).select(0, h).to(acc).contiguous();
       backward_slice<scalar_t>(slice_as(grad_out, b, h, acc), slice_as(q, b, h, acc),
                                slice_as(k, b, h, acc), slice_as(v, b, h, acc),

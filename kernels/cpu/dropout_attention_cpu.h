@@ -8,27 +8,34 @@
 
 #include <tuple>
 
-#include "kernels/dilation_plan.h"
 #include "kernels/dropout_mask.h"
 
 namespace dilated_attention {
 
-// Where a group view sits in the full sequence, so the mask can use global coordinates.
-struct GroupCoordinates {
-  const HeadGroup& group;
-  int64_t seq_len;  // N
+// Where the rows of a [B', h, L, D] attention view sit in the full sequence, so the mask uses
+// global coordinates. View batch b' is batch first_batch + b' / views_per_batch; its row i of
+// the query (key) side is at position (b' % views_per_batch) * view_stride + query_first
+// (key_first) + i * step; view head h is global head first_head + h.
+struct ViewCoordinates {
+  int64_t first_batch = 0;
+  int64_t views_per_batch = 1;
+  int64_t view_stride = 0;
+  int64_t first_head = 0;
+  int64_t query_first = 0;
+  int64_t key_first = 0;
+  int64_t step = 1;
 };
 
 // q, k, v: group views [B * N/s, h_g, L, D]. Returns (output [B * N/s, h_g, L, D] in the input
 // dtype, log-sum-exp [B * N/s, h_g, L] in the accumulation dtype); the output is not divided by G.
 std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool is_causal, double scale,
-    const DropoutMask& mask, const GroupCoordinates& where);
+    const DropoutMask& mask, const ViewCoordinates& where);
 
 // Gradients of <grad_out, output> for the forward above; `out` is that forward's output.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, bool is_causal, double scale,
-    const DropoutMask& mask, const GroupCoordinates& where);
+    const DropoutMask& mask, const ViewCoordinates& where);
 
 }  // namespace dilated_attention

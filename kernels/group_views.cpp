@@ -1,4 +1,4 @@
-#include "kernels/cpu/group_views.h"
+#include "kernels/group_views.h"
 
 #include <c10/util/Exception.h>
 

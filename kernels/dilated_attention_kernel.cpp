@@ -1,0 +1,88 @@
+#include "kernels/dilated_attention_kernel.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include "kernels/block_attention.h"
+#include "kernels/dropout_mask.h"
+#include "kernels/group_views.h"
+
+namespace dilated_attention {
+namespace {
+
+BlockOptions group_block_options(const AttentionConfig& config, const HeadGroup& group,
+                                 int64_t seq_len, const DropoutMask& mask) {
+  BlockOptions options;
+  options.is_causal = config.is_causal;
+  options.scale = config.scale;
+  options.dropout = &mask;
+  options.where.views_per_batch = group.num_segments(seq_len);
+  options.where.view_stride = group.segment_length;
+  options.where.first_head = config.global_head_offset + group.first_head;
+  options.where.query_first = options.where.key_first = group.offset;
+  options.where.step = group.dilation_rate;
+  return options;
+}
+
+}  // namespace
+
+at::Tensor new_attention_result(const at::Tensor& like, const std::vector<HeadGroup>& groups) {
+  return leaves_positions_uncovered(groups) ? at::zeros(like.sizes(), like.options())
+                                            : at::empty(like.sizes(), like.options());
+}
+
+std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const AttentionConfig& config) {
+  const auto q = with_group_viewable_layout(q_in);
+  const auto k = with_group_viewable_layout(k_in);
+  const auto v = with_group_viewable_layout(v_in);
+  auto out = new_attention_result(q, config.groups);
+  auto lse = at::zeros({q.size(0), q.size(1), q.size(2)},
+                       q.options().dtype(at::toOpMathType(q.scalar_type())));
+  if (q.numel() == 0) return {out, lse};
+
+  const DropoutMask mask(config.dropout_seed, config.dropout_p);
+  for (const auto& group : config.groups) {
+    auto [group_out, group_lse] =
+        block_attention_forward(group_view(q, group), group_view(k, group), group_view(v, group),
+                                group_block_options(config, group, q.size(1), mask));
+    group_view(out, group).copy_(group_out.mul_(config.output_scale));
+    group_rows_view(lse, group).copy_(group_lse);
+  }
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel(
+    const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse,
+    const AttentionConfig& config) {
+  const auto grad_out = with_group_viewable_layout(grad_out_in);
+  const auto q = with_group_viewable_layout(q_in);
+  const auto k = with_group_viewable_layout(k_in);
+  const auto v = with_group_viewable_layout(v_in);
+  const auto out = with_group_viewable_layout(out_in);
+  auto grad_q = new_attention_result(q, config.groups);
+  auto grad_k = new_attention_result(q, config.groups);
+  auto grad_v = new_attention_result(q, config.groups);
+  if (q.numel() == 0) return {grad_q, grad_k, grad_v};
+
+  // Each group's attention is differentiated as if its loss were <grad_out, O_g> with the
+  // unscaled group output O_g = out / output_scale: every gradient then carries a factor
+  // 1 / output_scale, removed when it is written back. grad_out stays a zero-copy view.
+  const DropoutMask mask(config.dropout_seed, config.dropout_p);
+  const auto contiguous_lse = lse.contiguous();
+  for (const auto& group : config.groups) {
+    auto [gq, gk, gv] = block_attention_backward(
+        group_view(grad_out, group), group_view(q, group), group_view(k, group),
+        group_view(v, group), group_view(out, group).div(config.output_scale),
+        group_rows_view(contiguous_lse, group), group_block_options(config, group, q.size(1), mask));
+    group_view(grad_q, group).copy_(gq.mul_(config.output_scale));
+    group_view(grad_k, group).copy_(gk.mul_(config.output_scale));
+    group_view(grad_v, group).copy_(gv.mul_(config.output_scale));
+  }
+  return {grad_q, grad_k, grad_v};
+}
+
+}  // namespace dilated_attention

@@ -1,0 +1,42 @@
+// Dilated attention over a whole sequence: every head group runs as one batched attention call
+// over zero-copy strided views (kernels/block_attention.h picks the kernel), and its result lands
+// in its strided place in the output with the 1/G scale.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "kernels/dilation_plan.h"
+
+namespace dilated_attention {
+
+struct AttentionConfig {
+  std::vector<HeadGroup> groups;  // head ranges index the tensors passed in
+  double scale = 1.0;             // already resolved (1/sqrt(D) unless given)
+  double output_scale = 1.0;      // 1/G, with G the number of groups of the whole op
+  bool is_causal = false;
+  double dropout_p = 0.0;
+  uint64_t dropout_seed = 0;
+  int64_t global_head_offset = 0;  // head 0 of the tensors is this head of the op (dropout mask)
+};
+
+// q, k, v: [B, N, H, D]. Returns (output [B, N, H, D], log-sum-exp [B, N, H] in the
+// accumulation dtype; entries of positions a head does not attend are 0 and never read).
+std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Tensor& q,
+                                                                    const at::Tensor& k,
+                                                                    const at::Tensor& v,
+                                                                    const AttentionConfig& config);
+
+// Gradients with respect to q, k, v given the forward's output and log-sum-exp.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const AttentionConfig& config);
+
+// Output-shaped buffer for results: zero-filled only when some positions are attended by no
+// segment (dilation rate > 1), uninitialised otherwise.
+at::Tensor new_attention_result(const at::Tensor& like, const std::vector<HeadGroup>& groups);
+
+}  // namespace dilated_attention

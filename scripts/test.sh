@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up, builds, and runs every test: Catch2 through ctest, then pytest. Fails when any fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+BUILD_DIR=${BUILD_DIR:-build}
+
+echo "== C++ tests (ctest)"
+ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600
+echo "== Python tests (pytest)"
+DILATED_ATTENTION_OPS_LIB="$PWD/$BUILD_DIR/libdilated_attention_ops.so" \
+  .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
