@@ -1,5 +1,6 @@
 #include "kernels/dilation_plan.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace dilated_attention {
@@ -71,6 +72,26 @@ double dilated_attention_forward_flops(int64_t batch, int64_t sequence_length, i
              static_cast<double>(head_dim);
   }
   return flops;
+}
+
+}  // namespace dilated_attention
+
+namespace dilated_attention {
+
+std::vector<HeadGroup> restrict_to_heads(const std::vector<HeadGroup>& groups, int64_t first_head,
+                                         int64_t num_heads) {
+  std::vector<HeadGroup> restricted;
+  const int64_t end = first_head + num_heads;
+  for (const auto& group : groups) {
+    const int64_t lo = std::max(group.first_head, first_head);
+    const int64_t hi = std::min(group.first_head + group.num_heads, end);
+    if (lo >= hi) continue;
+    HeadGroup part = group;
+    part.first_head = lo - first_head;
+    part.num_heads = hi - lo;
+    restricted.push_back(part);
+  }
+  return restricted;
 }
 
 }  // namespace dilated_attention

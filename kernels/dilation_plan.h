@@ -53,3 +53,13 @@ double dilated_attention_forward_flops(int64_t batch, int64_t sequence_length, i
                                        const std::vector<HeadGroup>& groups);
 
 }  // namespace dilated_attention
+
+namespace dilated_attention {
+
+// The groups restricted to heads [first_head, first_head + num_heads), renumbered so head
+// `first_head` becomes head 0 (for head-parallel work on a slice of the heads). Groups with no
+// head in the range are dropped; segment lengths, rates and offsets stay those of the whole op.
+std::vector<HeadGroup> restrict_to_heads(const std::vector<HeadGroup>& groups, int64_t first_head,
+                                         int64_t num_heads);
+
+}  // namespace dilated_attention

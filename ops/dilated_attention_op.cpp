@@ -2,42 +2,23 @@
 // forward / backward ops. Autograd lives in dilated_attention_autograd.cpp.
 #include "ops/dilated_attention_op.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <mutex>
-
 #include "kernels/dilated_attention_kernel.h"
+#include "ops/attention_config.h"
 #include "ops/validation.h"
 
 namespace dilated_attention {
 namespace {
 
-// The internal forward also returns the dropout seed, so backward regenerates the same mask.
-constexpr int64_t kRngStateSize = 2;
-
-uint64_t draw_dropout_seed(double dropout_p) {
-  if (dropout_p <= 0.0) return 0;
-  auto* generator = at::get_generator_or_default<at::CPUGeneratorImpl>(
-      std::nullopt, at::detail::getDefaultCPUGenerator());
-  std::lock_guard<std::mutex> lock(generator->mutex_);
-  return generator->random64();
-}
-
 AttentionConfig make_config(const at::Tensor& query, at::IntArrayRef segment_lengths,
                             at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
                             std::optional<double> scale, uint64_t dropout_seed) {
-  AttentionConfig config;
-  config.groups = make_head_groups(query.size(2), segment_lengths.vec(), dilation_rates.vec());
-  config.scale = resolve_scale(scale, query.size(3));
-  config.output_scale = 1.0 / static_cast<double>(segment_lengths.size());
-  config.is_causal = is_causal;
-  config.dropout_p = dropout_p;
-  config.dropout_seed = dropout_seed;
-  return config;
+  return make_attention_config(query.size(2), query.size(3), segment_lengths, dilation_rates,
+                               dropout_p, is_causal, scale, dropout_seed);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
@@ -50,10 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
   auto [out, lse] = dilated_attention_forward_kernel(
       query, key, value,
       make_config(query, segment_lengths, dilation_rates, dropout_p, is_causal, scale, seed));
-  auto rng_state = at::empty({kRngStateSize}, query.options().dtype(at::kLong));
-  rng_state.data_ptr<int64_t>()[0] = static_cast<int64_t>(seed);
-  rng_state.data_ptr<int64_t>()[1] = 0;  // offset, reserved for counter-based GPU generators
-  return {out, lse, rng_state};
+  return {out, lse, pack_rng_state(seed, query.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
@@ -63,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     double dropout_p, bool is_causal, std::optional<double> scale) {
   check_dilated_attention_args(query, key, value, segment_lengths, dilation_rates, dropout_p,
                                scale);
-  const auto seed = static_cast<uint64_t>(rng_state[0].item<int64_t>());
+  const uint64_t seed = unpack_dropout_seed(rng_state);
   return dilated_attention_backward_kernel(
       grad_output, query, key, value, output, softmax_lse,
       make_config(query, segment_lengths, dilation_rates, dropout_p, is_causal, scale, seed));

@@ -95,3 +95,37 @@ double resolve_scale(std::optional<double> scale, int64_t head_dim) {
 }
 
 }  // namespace dilated_attention
+
+namespace dilated_attention {
+
+void check_distributed_layout(const at::Tensor& query, at::IntArrayRef segment_lengths,
+                              at::IntArrayRef dilation_rates, int world_size, bool sharded,
+                              bool splits_heads) {
+  const auto seq_len = sharded ? query.sym_size(1) * world_size : query.sym_size(1);
+  check_sequence_layout(seq_len, query.sym_size(2), segment_lengths, dilation_rates);
+  if (!sharded && !splits_heads) {
+    TORCH_CHECK_VALUE(seq_len % world_size == 0, "Sequence length (", seq_len,
+                      ") must be divisible by the world size (", world_size, ")");
+  }
+  if (splits_heads) {
+    TORCH_CHECK_VALUE(query.sym_size(2) % world_size == 0, "num_heads (", query.sym_size(2),
+                      ") must be divisible by the world size (", world_size,
+                      ") for head-parallel attention");
+  }
+}
+
+}  // namespace dilated_attention
+
+namespace dilated_attention {
+
+void check_multihead_input(const at::Tensor& x, const char* name, const c10::SymInt& embed_dim,
+                           int64_t num_heads) {
+  TORCH_CHECK_VALUE(x.dim() == 3, name, " expected 3D tensor [B, N, E], got ", x.dim(), "D");
+  TORCH_CHECK_VALUE(num_heads > 0, "num_heads must be positive, got ", num_heads);
+  TORCH_CHECK_VALUE(embed_dim % num_heads == 0, "embed_dim (", embed_dim,
+                    ") must be divisible by num_heads (", num_heads, ")");
+  TORCH_CHECK_VALUE(x.sym_size(2) == embed_dim, name, " expected embedding size ", embed_dim,
+                    ", got ", x.sym_size(2));
+}
+
+}  // namespace dilated_attention

@@ -32,3 +32,21 @@ void check_dilated_attention_args(const at::Tensor& query, const at::Tensor& key
 double resolve_scale(std::optional<double> scale, int64_t head_dim);
 
 }  // namespace dilated_attention
+
+namespace dilated_attention {
+
+// Distributed ops: the core checks against the whole sequence (N = rows per rank * world size
+// for sharded backends), plus what the backend's partition needs.
+void check_distributed_layout(const at::Tensor& query, at::IntArrayRef segment_lengths,
+                              at::IntArrayRef dilation_rates, int world_size, bool sharded,
+                              bool splits_heads);
+
+}  // namespace dilated_attention
+
+namespace dilated_attention {
+
+// Multi-head wrappers: x is [B, N, E] with E = embed_dim and E divisible by num_heads.
+void check_multihead_input(const at::Tensor& x, const char* name, const c10::SymInt& embed_dim,
+                           int64_t num_heads);
+
+}  // namespace dilated_attention

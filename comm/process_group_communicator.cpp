@@ -1,0 +1,183 @@
+// The c10d backend: point-to-point send/recv and allgather on a registered ProcessGroup (gloo on
+// CPU, NCCL on GPU). Links against libtorch_cpu only; nothing here needs Python.
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cctype>
+#include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+#include <utility>
+
+#include "comm/communicator.h"
+#include "comm/internal.h"
+
+namespace dilated_attention::comm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// One c10d Work and what it stands for, so a failure can name the peer that did not answer.
+struct PostedWork {
+  c10::intrusive_ptr<c10d::Work> work;
+  std::string what;  // "receive from rank 0"
+};
+
+bool mentions_timeout(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return text.find("timed out") != std::string::npos || text.find("timeout") != std::string::npos;
+}
+
+// Waits for all works against one deadline (the timeout bounds the whole step, not each work).
+void wait_all(const std::vector<PostedWork>& works, int rank, const std::string& group,
+              milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (const PostedWork& posted : works) {
+    // c10d reads 0 ms as "wait forever", so a spent budget still passes 1 ms.
+    const auto left = std::max(milliseconds(1),
+                               std::chrono::duration_cast<milliseconds>(deadline - Clock::now()));
+    bool completed = false;
+    std::string cause;
+    try {
+      completed = posted.work->wait(left);
+    } catch (...) {
+      cause = internal::current_error_text(std::current_exception());
+    }
+    if (completed && cause.empty()) continue;
+    if (cause.empty()) cause = "the work was aborted";
+    // Backends word their timeouts differently, and gloo's own deadline may fire a moment
+    // before ours, so the clock decides with a little slack, and the backend's words count too.
+    const bool timed_out = Clock::now() + milliseconds(20) >= deadline || mentions_timeout(cause);
+    internal::raise_transfer_error(rank, group, posted.what, timed_out, timeout, cause);
+  }
+}
+
+class ProcessGroupExchange final : public PendingExchange {
+ public:
+  ProcessGroupExchange(std::vector<PostedWork> works, int rank, std::string group,
+                       milliseconds timeout)
+      : works_(std::move(works)), rank_(rank), group_(std::move(group)), timeout_(timeout) {}
+
+  // The timeout is the one in force when the step was posted.
+  void wait() override {
+    // Drop the works even when waiting raises, so a second wait() does not wait again.
+    std::vector<PostedWork> works = std::move(works_);
+    works_.clear();
+    wait_all(works, rank_, group_, timeout_);
+  }
+
+ private:
+  std::vector<PostedWork> works_;
+  int rank_;
+  std::string group_;
+  milliseconds timeout_;
+};
+
+bool all_cuda(const std::vector<Transfer>& sends, const std::vector<Transfer>& receives) {
+  if (sends.empty() && receives.empty()) return false;
+  const auto is_cuda = [](const Transfer& t) { return t.tensor.is_cuda(); };
+  return std::all_of(sends.begin(), sends.end(), is_cuda) &&
+         std::all_of(receives.begin(), receives.end(), is_cuda);
+}
+
+std::string peers_of(const std::vector<Transfer>& transfers) {
+  std::string out;
+  for (const Transfer& t : transfers) out += (out.empty() ? "" : ",") + std::to_string(t.peer);
+  return out.empty() ? "none" : out;
+}
+
+class ProcessGroupCommunicator final : public Communicator {
+ public:
+  ProcessGroupCommunicator(c10::intrusive_ptr<c10d::ProcessGroup> group, std::string name)
+      : group_(std::move(group)), name_(std::move(name)) {}
+
+  const c10::intrusive_ptr<c10d::ProcessGroup>& group() const { return group_; }
+  int rank() const override { return group_->getRank(); }
+  int size() const override { return group_->getSize(); }
+
+  std::unique_ptr<PendingExchange> post_exchange(const std::vector<Transfer>& sends,
+                                                 const std::vector<Transfer>& receives) override {
+    internal::check_transfers(sends, receives, rank(), size());
+    // NCCL runs the sends and receives of one step as a single group call (no deadlock when
+    // every rank sends first); gloo has no coalescing and posts them independently anyway.
+    const bool coalesce = all_cuda(sends, receives) &&
+                          group_->hasBackendForDeviceType(c10::DeviceType::CUDA) &&
+                          group_->getBackend(c10::DeviceType::CUDA)->supportsCoalescing();
+    if (coalesce) group_->startCoalescing(c10::DeviceType::CUDA);
+    std::vector<PostedWork> works;
+    int64_t bytes = 0;
+    try {
+      for (const Transfer& t : sends) {
+        std::vector<at::Tensor> tensors{t.tensor};
+        works.push_back(
+            {group_->send(tensors, t.peer, t.tag), "send to rank " + std::to_string(t.peer)});
+        bytes += static_cast<int64_t>(t.tensor.nbytes());
+      }
+      for (const Transfer& t : receives) {
+        std::vector<at::Tensor> tensors{t.tensor};
+        works.push_back(
+            {group_->recv(tensors, t.peer, t.tag), "receive from rank " + std::to_string(t.peer)});
+      }
+    } catch (...) {
+      // Never leave the group in coalescing mode: every later operation would join this block.
+      if (coalesce) {
+        try {
+          group_->endCoalescing(c10::DeviceType::CUDA);
+        } catch (...) {
+        }
+      }
+      throw;
+    }
+    if (coalesce) {
+      auto work = group_->endCoalescing(c10::DeviceType::CUDA);
+      works.push_back({work, "complete the coalesced exchange (send to ranks " + peers_of(sends) +
+                                 "; receive from ranks " + peers_of(receives) + ")"});
+    }
+    // Inside a coalescing block NCCL returns no per-transfer work; the block's work covers them.
+    works.erase(
+        std::remove_if(works.begin(), works.end(), [](const PostedWork& w) { return !w.work; }),
+        works.end());
+    count_sent(bytes);
+    return std::make_unique<ProcessGroupExchange>(std::move(works), rank(), name_, timeout());
+  }
+
+  void all_gather(at::Tensor& output, const at::Tensor& input) override {
+    internal::check_all_gather(output, input, size());
+    // Chunks of a contiguous output along dim 0 are contiguous views, so c10d writes in place.
+    std::vector<std::vector<at::Tensor>> outputs{output.split(input.size(0), 0)};
+    std::vector<at::Tensor> inputs{input};
+    c10d::AllgatherOptions options;
+    options.timeout = timeout();
+    auto work = group_->allgather(outputs, inputs, options);
+    count_sent(static_cast<int64_t>(input.nbytes()) * (size() - 1));
+    wait_all({{work, "all_gather with " + std::to_string(size()) + " ranks"}}, rank(), name_,
+             timeout());
+  }
+
+ private:
+  c10::intrusive_ptr<c10d::ProcessGroup> group_;
+  std::string name_;
+};
+
+}  // namespace
+
+std::shared_ptr<Communicator> process_group_communicator(const std::string& group_name) {
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+  try {
+    group = c10d::resolve_process_group(group_name);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK_VALUE(false, "group_name '", group_name,
+                      "' is not a registered process group; pass group.group_name of an "
+                      "initialised torch.distributed group (",
+                      e.what_without_backtrace(), ")");
+  }
+  TORCH_CHECK_VALUE(group, "group_name '", group_name, "' resolved to no process group");
+
+  // A fresh wrapper per call, no cache: holding the group beyond the call would keep a
+  // destroyed group (and its threads) alive until static destruction at exit.
+  return std::make_shared<ProcessGroupCommunicator>(std::move(group), group_name);
+}
+
+}  // namespace dilated_attention::comm

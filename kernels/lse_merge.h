@@ -1,0 +1,24 @@
+// Merging partial attention results by log-sum-exp: attention of the same queries over
+// disjoint key blocks combines exactly as
+//   lse = log(exp(lse_a) + exp(lse_b)),  out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse).
+// A block whose rows are fully masked (lse = -inf) contributes nothing, never NaN.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace dilated_attention {
+
+// Running merge of blocks for one set of queries, kept in the accumulation dtype.
+class LseAccumulator {
+ public:
+  // out: [..., L, D], lse: [..., L]; the first block initialises the accumulator.
+  void add(const at::Tensor& out, const at::Tensor& lse);
+  bool empty() const { return !out_.defined(); }
+  const at::Tensor& out() const { return out_; }
+  const at::Tensor& lse() const { return lse_; }
+
+ private:
+  at::Tensor out_, lse_;
+};
+
+}  // namespace dilated_attention

@@ -1,0 +1,47 @@
+#include "ops/attention_config.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ops/empty.h>
+
+#include <mutex>
+
+#include "ops/validation.h"
+
+namespace dilated_attention {
+
+AttentionConfig make_attention_config(int64_t num_heads, int64_t head_dim,
+                                      at::IntArrayRef segment_lengths,
+                                      at::IntArrayRef dilation_rates, double dropout_p,
+                                      bool is_causal, std::optional<double> scale,
+                                      uint64_t dropout_seed) {
+  AttentionConfig config;
+  config.groups = make_head_groups(num_heads, segment_lengths.vec(), dilation_rates.vec());
+  config.scale = resolve_scale(scale, head_dim);
+  config.output_scale = 1.0 / static_cast<double>(segment_lengths.size());
+  config.is_causal = is_causal;
+  config.dropout_p = dropout_p;
+  config.dropout_seed = dropout_seed;
+  return config;
+}
+
+uint64_t draw_dropout_seed(double dropout_p) {
+  if (dropout_p <= 0.0) return 0;
+  auto* generator = at::get_generator_or_default<at::CPUGeneratorImpl>(
+      std::nullopt, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(generator->mutex_);
+  return generator->random64();
+}
+
+at::Tensor pack_rng_state(uint64_t seed, const at::TensorOptions& options) {
+  auto rng_state = at::empty({kRngStateSize}, at::TensorOptions().dtype(at::kLong));
+  rng_state.data_ptr<int64_t>()[0] = static_cast<int64_t>(seed);
+  rng_state.data_ptr<int64_t>()[1] = 0;  // offset, reserved for counter-based GPU generators
+  // On the inputs' device, so real and fake (Meta) results agree on where it lives.
+  return rng_state.to(options.device());
+}
+
+uint64_t unpack_dropout_seed(const at::Tensor& rng_state) {
+  return static_cast<uint64_t>(rng_state.cpu()[0].item<int64_t>());
+}
+
+}  // namespace dilated_attention

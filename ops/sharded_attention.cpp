@@ -1,0 +1,224 @@
+#include "ops/sharded_attention.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+
+#include "kernels/block_attention.h"
+#include "kernels/lse_merge.h"
+#include "kernels/shard_views.h"
+
+namespace dilated_attention {
+namespace {
+
+// Everything one rank needs to attend its shard: the plan and the contiguous inputs.
+struct ShardContext {
+  const ShardedAttentionConfig& config;
+  int rank;
+  int64_t begin;  // first sequence position of this shard
+  std::vector<GroupShardWork> plan;
+  DropoutMask mask;
+
+  ShardContext(const ShardedAttentionConfig& c, int r)
+      : config(c),
+        rank(r),
+        begin(c.layout.shard_begin(r)),
+        plan(plan_shard_work(c.attention.groups, c.layout, r)),
+        mask(c.attention.dropout_seed, c.attention.dropout_p) {}
+
+  BlockOptions options(const HeadGroup& group, bool is_causal) const {
+    BlockOptions o;
+    o.is_causal = is_causal;
+    o.scale = config.attention.scale;
+    o.dropout = &mask;
+    o.where.first_head = config.attention.global_head_offset + group.first_head;
+    o.where.step = group.dilation_rate;
+    return o;
+  }
+
+  // A run of whole segments inside the shard, for view batch `first_batch`.
+  BlockOptions inner_options(const GroupShardWork& work, int64_t first_batch) const {
+    auto o = options(work.group, config.attention.is_causal);
+    o.where.first_batch = first_batch;
+    o.where.views_per_batch = work.num_inner_segments;
+    o.where.view_stride = work.group.segment_length;
+    o.where.query_first = o.where.key_first =
+        work.first_inner_segment * work.group.segment_length + work.group.offset;
+    return o;
+  }
+
+  // This rank's queries of an edge segment against the key rows `keys` owned by `key_rank`.
+  BlockOptions edge_options(const HeadGroup& group, const EdgeSegment& edge, int key_rank,
+                            const RowRange& keys) const {
+    // Blocks of other ranks are never causal-diagonal: earlier ones are fully visible, and later
+    // ones are never requested under causal masking.
+    auto o = options(group, config.attention.is_causal && key_rank == rank);
+    const int64_t first = edge.segment * group.segment_length + group.offset;
+    o.where.query_first = first + edge.rows_of_rank[rank].first * group.dilation_rate;
+    o.where.key_first = first + keys.first * group.dilation_rate;
+    return o;
+  }
+
+  at::Tensor edge_rows(const at::Tensor& x, size_t g, const EdgeSegment& edge) const {
+    return segment_rows_view(x, plan[g].group, edge.segment, edge.rows_of_rank[rank], begin);
+  }
+
+  size_t edge_index(size_t g, int64_t segment) const {
+    const auto& edges = plan[g].edge_segments;
+    for (size_t e = 0; e < edges.size(); ++e) {
+      if (edges[e].segment == segment) return e;
+    }
+    TORCH_INTERNAL_ASSERT(false, "received rows of a segment this rank does not attend");
+  }
+
+  ExchangeContext exchange(comm::Communicator& comm) const {
+    return {comm, config.attention.groups, config.layout, config.attention.is_causal};
+  }
+};
+
+template <typename Body>
+void for_each_edge(const ShardContext& shard, const Body& body) {
+  for (size_t g = 0; g < shard.plan.size(); ++g) {
+    for (size_t e = 0; e < shard.plan[g].edge_segments.size(); ++e) body(g, e);
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator& comm,
+                                                             const at::Tensor& q_in,
+                                                             const at::Tensor& k_in,
+                                                             const at::Tensor& v_in,
+                                                             const ShardedAttentionConfig& config) {
+  const auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const ShardContext shard(config, comm.rank());
+  const double output_scale = config.attention.output_scale;
+  auto out = at::zeros_like(q);
+  auto lse = at::zeros({q.size(0), q.size(1), q.size(2)},
+                       q.options().dtype(at::toOpMathType(q.scalar_type())));
+  // Transfers start first, so they fly while the local work below runs.
+  auto stream = open_key_value_stream(config.exchange, shard.exchange(comm), k, v);
+
+  for (const auto& work : shard.plan) {
+    if (work.num_inner_segments == 0) continue;
+    auto run = [&](const at::Tensor& x) {
+      return segment_run_views(x, work.group, work.first_inner_segment, work.num_inner_segments,
+                               shard.begin);
+    };
+    const auto qs = run(q), ks = run(k), vs = run(v), outs = run(out), lses = run(lse);
+    for (size_t i = 0; i < qs.size(); ++i) {
+      auto [o, l] = block_attention_forward(qs[i].view, ks[i].view, vs[i].view,
+                                            shard.inner_options(work, qs[i].first_batch));
+      outs[i].view.copy_(o.mul_(output_scale));
+      lses[i].view.copy_(l);
+    }
+  }
+
+  std::vector<std::vector<LseAccumulator>> merged(shard.plan.size());
+  for (size_t g = 0; g < shard.plan.size(); ++g) merged[g].resize(shard.plan[g].edge_segments.size());
+  for_each_edge(shard, [&](size_t g, size_t e) {
+    const auto& edge = shard.plan[g].edge_segments[e];
+    auto [o, l] = block_attention_forward(
+        shard.edge_rows(q, g, edge), shard.edge_rows(k, g, edge), shard.edge_rows(v, g, edge),
+        shard.edge_options(shard.plan[g].group, edge, shard.rank, edge.rows_of_rank[shard.rank]));
+    merged[g][e].add(o, l);
+  });
+  RemoteBlocks remote;
+  while (stream->next(remote)) {
+    for (size_t i = 0; i < remote.blocks.size(); ++i) {
+      const auto& block = remote.blocks[i];
+      const size_t g = block.group_index, e = shard.edge_index(g, block.segment);
+      const auto& edge = shard.plan[g].edge_segments[e];
+      auto [o, l] = block_attention_forward(
+          shard.edge_rows(q, g, edge), remote.keys[i], remote.values[i],
+          shard.edge_options(shard.plan[g].group, edge, remote.owner, block.rows));
+      merged[g][e].add(o, l);
+    }
+  }
+  for_each_edge(shard, [&](size_t g, size_t e) {
+    const auto& edge = shard.plan[g].edge_segments[e];
+    shard.edge_rows(out, g, edge).copy_(merged[g][e].out() * output_scale);
+    shard.edge_rows(lse, g, edge).copy_(merged[g][e].lse());
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
+    comm::Communicator& comm, const at::Tensor& grad_out_in, const at::Tensor& q_in,
+    const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in,
+    const at::Tensor& lse_in, const ShardedAttentionConfig& config) {
+  const auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const auto grad_out = grad_out_in.contiguous(), lse = lse_in.contiguous();
+  const double output_scale = config.attention.output_scale;
+  // Block gradients are taken of <grad_out, O_unscaled>: each carries 1 / output_scale.
+  const auto out = out_in.contiguous().div(output_scale);
+  const ShardContext shard(config, comm.rank());
+  auto grad_q = at::zeros_like(q), grad_k = at::zeros_like(k), grad_v = at::zeros_like(v);
+  // Backward needs the remote keys and values again: they are exchanged anew, not kept.
+  const auto exchange = shard.exchange(comm);
+  auto stream = open_key_value_stream(config.exchange, exchange, k, v);
+
+  for (const auto& work : shard.plan) {
+    if (work.num_inner_segments == 0) continue;
+    auto run = [&](const at::Tensor& x) {
+      return segment_run_views(x, work.group, work.first_inner_segment, work.num_inner_segments,
+                               shard.begin);
+    };
+    const auto qs = run(q), ks = run(k), vs = run(v), os = run(out), ls = run(lse),
+               dos = run(grad_out), dqs = run(grad_q), dks = run(grad_k), dvs = run(grad_v);
+    for (size_t i = 0; i < qs.size(); ++i) {
+      auto [gq, gk, gv] =
+          block_attention_backward(dos[i].view, qs[i].view, ks[i].view, vs[i].view, os[i].view,
+                                   ls[i].view, shard.inner_options(work, qs[i].first_batch));
+      dqs[i].view.copy_(gq.mul_(output_scale));
+      dks[i].view.copy_(gk.mul_(output_scale));
+      dvs[i].view.copy_(gv.mul_(output_scale));
+    }
+  }
+
+  std::vector<std::vector<at::Tensor>> edge_grad_q(shard.plan.size());
+  for (size_t g = 0; g < shard.plan.size(); ++g) edge_grad_q[g].resize(shard.plan[g].edge_segments.size());
+  auto edge_backward = [&](size_t g, const EdgeSegment& edge, const at::Tensor& keys,
+                           const at::Tensor& values, int key_rank, const RowRange& key_rows) {
+    return block_attention_backward(
+        shard.edge_rows(grad_out, g, edge), shard.edge_rows(q, g, edge), keys, values,
+        shard.edge_rows(out, g, edge), shard.edge_rows(lse, g, edge),
+        shard.edge_options(shard.plan[g].group, edge, key_rank, key_rows));
+  };
+  auto add_grad_q = [&](size_t g, size_t e, const at::Tensor& gq) {
+    auto& acc = edge_grad_q[g][e];
+    acc = acc.defined() ? acc.add_(gq) : gq.to(at::toOpMathType(gq.scalar_type()));
+  };
+  for_each_edge(shard, [&](size_t g, size_t e) {
+    const auto& edge = shard.plan[g].edge_segments[e];
+    auto [gq, gk, gv] = edge_backward(g, edge, shard.edge_rows(k, g, edge),
+                                      shard.edge_rows(v, g, edge), shard.rank,
+                                      edge.rows_of_rank[shard.rank]);
+    add_grad_q(g, e, gq);
+    shard.edge_rows(grad_k, g, edge).add_(gk.mul_(output_scale));
+    shard.edge_rows(grad_v, g, edge).add_(gv.mul_(output_scale));
+  });
+  std::vector<RemoteGrads> grads_by_owner(static_cast<size_t>(comm.size()));
+  RemoteBlocks remote;
+  while (stream->next(remote)) {
+    auto& owner = grads_by_owner[remote.owner];
+    owner.blocks = remote.blocks;
+    for (size_t i = 0; i < remote.blocks.size(); ++i) {
+      const auto& block = remote.blocks[i];
+      const size_t g = block.group_index, e = shard.edge_index(g, block.segment);
+      auto [gq, gk, gv] = edge_backward(g, shard.plan[g].edge_segments[e], remote.keys[i],
+                                        remote.values[i], remote.owner, block.rows);
+      add_grad_q(g, e, gq);
+      owner.grad_keys.push_back(gk.mul_(output_scale));
+      owner.grad_values.push_back(gv.mul_(output_scale));
+    }
+  }
+  for_each_edge(shard, [&](size_t g, size_t e) {
+    shard.edge_rows(grad_q, g, shard.plan[g].edge_segments[e]).copy_(edge_grad_q[g][e] * output_scale);
+  });
+  return_key_value_grads(config.exchange, exchange, grads_by_owner, grad_k, grad_v);
+  return {grad_q, grad_k, grad_v};
+}
+
+}  // namespace dilated_attention

@@ -1,0 +1,75 @@
+"""Independent float64 reference for dilated attention, written straight from the math.
+
+Deliberately naive: explicit head groups, explicit index sets per segment, an explicit
+additive mask and a full softmax. It never calls the op under test and it is
+differentiable, so autograd through it gives reference gradients.
+"""
+
+import math
+
+import torch
+
+
+def head_groups(num_heads, num_groups):
+    """Contiguous head ranges per group; the first num_heads % num_groups groups get one extra."""
+    base, extra = divmod(num_heads, num_groups)
+    groups, start = [], 0
+    for g in range(num_groups):
+        size = base + (1 if g < extra else 0)
+        groups.append(range(start, start + size))
+        start += size
+    return groups
+
+
+def group_offset(group_index, dilation_rate):
+    return group_index % dilation_rate
+
+
+def segment_positions(segment_index, segment_length, dilation_rate, offset):
+    """Positions {t*s + o + j*r : j >= 0, o + j*r < s}, increasing."""
+    start = segment_index * segment_length
+    return [start + i for i in range(offset, segment_length, dilation_rate)]
+
+
+def attention_mask(length, is_causal):
+    """Additive mask on the compressed index: -inf strictly above the diagonal if causal."""
+    mask = torch.zeros(length, length, dtype=torch.float64)
+    if is_causal:
+        for i in range(length):
+            for j in range(i + 1, length):
+                mask[i, j] = float("-inf")
+    return mask
+
+
+def _attend(q, k, v, mask, scale):
+    """softmax(scale * q k^T + mask) v for q, k, v of shape [B, L, D]."""
+    scores = scale * torch.matmul(q, k.transpose(-1, -2)) + mask
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def dilated_attention_reference(
+    query, key, value, segment_lengths, dilation_rates, is_causal=False, scale=None
+):
+    """Reference output in float64, shape [B, N, H, D] (no dropout)."""
+    q, k, v = (t.to(torch.float64) for t in (query, key, value))
+    batch, seq_len, num_heads, head_dim = q.shape
+    num_groups = len(segment_lengths)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+
+    head_outputs = []
+    for g, heads in enumerate(head_groups(num_heads, num_groups)):
+        s, r = segment_lengths[g], dilation_rates[g]
+        offset = group_offset(g, r)
+        for h in heads:
+            out_h = torch.zeros(batch, seq_len, head_dim, dtype=torch.float64)
+            for t in range(seq_len // s):
+                positions = segment_positions(t, s, r, offset)
+                if not positions:
+                    continue
+                idx = torch.tensor(positions, dtype=torch.long)
+                mask = attention_mask(len(positions), is_causal)
+                out_h[:, idx] = _attend(q[:, idx, h], k[:, idx, h], v[:, idx, h], mask, scale)
+            head_outputs.append(out_h)
+    if not head_outputs:
+        return torch.zeros(batch, seq_len, num_heads, head_dim, dtype=torch.float64)
+    return torch.stack(head_outputs, dim=2) / num_groups
