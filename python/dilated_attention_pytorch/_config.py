@@ -1,0 +1,49 @@
+"""Shared helpers of the modules: argument validation (by the ops themselves, so the error
+messages are the ops' own) and the process group a distributed module talks to."""
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def validate_dilation_config(
+    segment_lengths: Sequence[int], dilation_rates: Sequence[int], dropout: float
+) -> None:
+    """Raises the op's ValueError for a bad configuration, at construction time.
+
+    The check runs the op itself on an empty meta tensor (no data, no compute): the op is the
+    single source of truth for what is valid and for the wording of the errors.
+    """
+    heads = max(len(segment_lengths), 1)
+    probe = torch.empty(1, 0, heads, 1, device="meta")
+    torch.ops.dilated_attention.dilated_attention(
+        probe, probe, probe, list(segment_lengths), list(dilation_rates), float(dropout)
+    )
+
+
+def as_int_list(values: Sequence[int]) -> List[int]:
+    return [int(v) for v in values]
+
+
+def resolve_group_name(process_group: Optional["dist.ProcessGroup"], ring_size: Optional[int]) -> str:
+    """The ``group_name`` the distributed ops take: the given group's, else the default (world)
+    group's when torch.distributed is initialised, else "" (one process, no communication)."""
+    group = process_group
+    if group is None and dist.is_available() and dist.is_initialized():
+        group = dist.group.WORLD
+    size = 1 if group is None else dist.get_world_size(group)
+    if ring_size is not None and int(ring_size) != size:
+        raise ValueError(
+            f"ring_size ({ring_size}) must equal the size of the process group ({size}); "
+            f"pass process_group= to run on a subgroup"
+        )
+    return "" if group is None else group.group_name
+
+
+def reject_mask_message(name: str) -> str:
+    """Masks other than causal cannot be honoured by dilated attention: refuse, never ignore."""
+    return (
+        name + " is not supported by dilated attention (each segment attends within itself); "
+        "pass is_causal=True for causal masking, or None"
+    )

@@ -1,0 +1,64 @@
+"""``DilatedAttention``: LongNet-style dilated attention over ``[B, N, H, D]`` tensors."""
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import _library
+from ._config import as_int_list, reject_mask_message, validate_dilation_config
+
+_library.load_library()
+
+
+class DilatedAttention(nn.Module):
+    """Dilated attention, computed exactly by ``torch.ops.dilated_attention.dilated_attention``.
+
+    Heads split into ``len(segment_lengths)`` groups (extra heads to the first groups); group g
+    attends within segments of ``segment_lengths[g]`` positions, over every
+    ``dilation_rates[g]``-th position starting at offset ``g % dilation_rates[g]``; the result is
+    divided by the number of groups. Dropout acts on the attention weights, in training only.
+    """
+
+    def __init__(
+        self,
+        segment_lengths: Sequence[int],
+        dilation_rates: Sequence[int],
+        softmax_scale: Optional[float] = None,
+        attention_dropout: float = 0.0,
+        op=None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if op is not None:
+            raise ValueError("op is not supported: the attention kernel is chosen by the library")
+        validate_dilation_config(segment_lengths, dilation_rates, attention_dropout)
+        self.segment_lengths = as_int_list(segment_lengths)
+        self.dilation_rates = as_int_list(dilation_rates)
+        self.softmax_scale = None if softmax_scale is None else float(softmax_scale)
+        self.dropout = float(attention_dropout)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        is_causal: bool = False,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        if attention_mask is not None:
+            raise ValueError(reject_mask_message("attention_mask"))
+        return torch.ops.dilated_attention.dilated_attention(
+            query,
+            key,
+            value,
+            self.segment_lengths,
+            self.dilation_rates,
+            self.dropout if self.training else 0.0,
+            is_causal,
+            self.softmax_scale,
+        )
+
+    def extra_repr(self) -> str:
+        return f"segment_lengths={self.segment_lengths}, dilation_rates={self.dilation_rates}"

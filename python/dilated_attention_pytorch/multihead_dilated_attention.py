@@ -1,0 +1,109 @@
+"""``MultiheadDilatedAttention``: projections and layer norms around dilated attention."""
+
+import warnings
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ._config import reject_mask_message
+from .dilated_attention import DilatedAttention
+
+
+def check_heads(embed_dim: int, num_heads: int) -> int:
+    """The head dim, after the checks users of the upstream class rely on."""
+    if num_heads <= 0 or embed_dim % num_heads != 0:
+        raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+    head_dim = embed_dim // num_heads
+    if head_dim % 8 != 0:
+        warnings.warn(
+            f"head_dim (embed_dim / num_heads = {head_dim}) should be divisible by 8 "
+            f"for the fastest attention kernels",
+            stacklevel=3,
+        )
+    if head_dim > 128:
+        warnings.warn(
+            f"head_dim (embed_dim / num_heads = {head_dim}) should be <= 128 "
+            f"for the fastest attention kernels",
+            stacklevel=3,
+        )
+    return head_dim
+
+
+class MultiheadDilatedAttention(nn.Module):
+    """Multi-head dilated attention on ``[B, N, E]`` inputs.
+
+    Computes, as existing checkpoints of this class do (and so keeps their ``state_dict``
+    names and meaning)::
+
+        q = q_ln(q_proj(query)); k = k_ln(k_proj(key)); v = v_proj(value)
+        x = dilated_attention(q, k, v) with heads merged
+        out = out_proj(q_ln(x))        # q_ln is applied again here, as upstream does
+
+    With ``layer_norm=False`` both norms are skipped. Weights get ``xavier_normal_`` with gain
+    ``gamma_init``; biases start at zero. Note the argument order: dilation_rates comes before
+    segment_lengths, as users' positional calls expect.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dilation_rates: Sequence[int],
+        segment_lengths: Sequence[int],
+        dropout: float = 0.0,
+        bias: bool = True,
+        layer_norm: bool = True,
+        layer_norm_eps: float = 1e-5,
+        gamma_init: float = 1.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = check_heads(embed_dim, num_heads)
+        self.layer_norm = layer_norm
+        self.gamma_init = gamma_init
+        factory = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.attention = DilatedAttention(segment_lengths, dilation_rates, attention_dropout=dropout)
+        self.q_ln = nn.LayerNorm(embed_dim, eps=layer_norm_eps, **factory) if layer_norm else nn.Identity()
+        self.k_ln = nn.LayerNorm(embed_dim, eps=layer_norm_eps, **factory) if layer_norm else nn.Identity()
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_normal_(proj.weight, gain=self.gamma_init)
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: Optional[torch.Tensor] = None,
+        value: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        need_weights: bool = False,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+        average_attn_weights: bool = True,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        if key_padding_mask is not None:
+            raise ValueError(reject_mask_message("key_padding_mask"))
+        if attn_mask is not None:
+            raise ValueError(reject_mask_message("attn_mask"))
+        key = query if key is None else key
+        value = key if value is None else value
+        q = self.q_ln(self.q_proj(query)).unflatten(-1, (self.num_heads, self.head_dim))
+        k = self.k_ln(self.k_proj(key)).unflatten(-1, (self.num_heads, self.head_dim))
+        v = self.v_proj(value).unflatten(-1, (self.num_heads, self.head_dim))
+        x = self.attention(q, k, v, is_causal).flatten(-2)
+        out = self.out_proj(self.q_ln(x))
+        if need_weights:
+            # Dilated attention never materialises the weights; upstream returned None too.
+            return out, None
+        return out

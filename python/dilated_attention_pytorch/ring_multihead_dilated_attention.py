@@ -1,0 +1,96 @@
+"""``RingMultiheadDilatedAttention``: sequence-parallel multi-head self-attention."""
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ._config import as_int_list, reject_mask_message, resolve_group_name, validate_dilation_config
+from .multihead_dilated_attention import check_heads
+
+
+class RingMultiheadDilatedAttention(nn.Module):
+    """Multi-head dilated self-attention over the V2 ring: a fused ``qkv_proj`` (q, k, v in that
+    order along 3E), attention, head merge, ``out_proj``. With a process group each rank passes
+    its contiguous shard of the sequence. ``layer_norm=True`` adds ``norm`` (a LayerNorm over
+    the merged heads before ``out_proj``, as in sub-LN). ``batch_first=False`` takes ``[N, B, E]``.
+
+    Self-attention only: a ``key`` or ``value`` other than ``query`` raises NotImplementedError.
+    Returns ``(output, None)``: attention weights are never materialised.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        segment_lengths: Sequence[int],
+        dilation_rates: Sequence[int],
+        dropout: float = 0.0,
+        bias: bool = True,
+        layer_norm: bool = False,
+        layer_norm_eps: float = 1e-5,
+        gamma_init: float = 1.0,
+        ring_size: Optional[int] = None,
+        device=None,
+        dtype=None,
+        batch_first: bool = True,
+        process_group=None,
+        softmax_scale: Optional[float] = None,
+    ):
+        super().__init__()
+        self.head_dim = check_heads(embed_dim, num_heads)
+        validate_dilation_config(segment_lengths, dilation_rates, dropout)
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.segment_lengths = as_int_list(segment_lengths)
+        self.dilation_rates = as_int_list(dilation_rates)
+        self.dropout = float(dropout)
+        self.softmax_scale = None if softmax_scale is None else float(softmax_scale)
+        self.batch_first = batch_first
+        self.use_layer_norm = layer_norm
+        self.group_name = resolve_group_name(process_group, ring_size)
+        factory = {"device": device, "dtype": dtype}
+        self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias, **factory)
+        self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps, **factory) if layer_norm else nn.Identity()
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        nn.init.xavier_normal_(self.qkv_proj.weight, gain=gamma_init)
+        nn.init.xavier_normal_(self.out_proj.weight, gain=gamma_init)
+        for proj in (self.qkv_proj, self.out_proj):
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: Optional[torch.Tensor] = None,
+        value: Optional[torch.Tensor] = None,
+        need_weights: bool = False,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise NotImplementedError(
+                "Cross-attention not yet implemented for Ring Attention. "
+                "Currently only self-attention is supported."
+            )
+        if need_weights:
+            raise ValueError("need_weights=True is not supported: dilated attention never "
+                             "materialises the attention weights")
+        if attn_mask is not None:
+            raise ValueError(reject_mask_message("attn_mask"))
+        x = query if self.batch_first else query.transpose(0, 1)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.use_layer_norm:
+            q, k, v = self.qkv_proj(x).unflatten(-1, (3 * self.num_heads, self.head_dim)).chunk(3, -2)
+            attended = torch.ops.dilated_attention.ring_dilated_attention_hybrid_optimized_v2(
+                q, k, v, self.segment_lengths, self.dilation_rates, dropout_p, is_causal,
+                self.softmax_scale, self.group_name)
+            out = self.out_proj(self.norm(attended.flatten(-2)))
+        else:
+            out = torch.ops.dilated_attention.ring_multihead_dilated_attention(
+                x, self.qkv_proj.weight, self.qkv_proj.bias, self.out_proj.weight,
+                self.out_proj.bias, self.num_heads, self.segment_lengths, self.dilation_rates,
+                dropout_p, is_causal, self.softmax_scale, self.group_name)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, None
