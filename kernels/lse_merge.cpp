@@ -9,6 +9,10 @@
 
 #include <limits>
 
+#ifdef DILATED_ATTENTION_WITH_CUDA
+#include "kernels/cuda/lse_merge_cuda.h"
+#endif
+
 namespace dilated_attention {
 namespace {
 
@@ -22,14 +26,22 @@ at::Tensor block_weight(const at::Tensor& lse, const at::Tensor& total) {
 }  // namespace
 
 void LseAccumulator::add(const at::Tensor& out, const at::Tensor& lse) {
-  // Rows of a fully masked block may hold anything (even NaN): zero them before they count.
-  const auto block_out = at::where(fully_masked(lse).unsqueeze(-1), at::zeros_like(out), out)
-                             .to(lse.scalar_type());
   if (empty()) {
-    out_ = block_out;
-    lse_ = lse.clone();
+    // Rows of a fully masked block may hold anything (even NaN): zero them before they count.
+    out_ = at::where(fully_masked(lse).unsqueeze(-1), at::zeros_like(out), out)
+               .to(lse.scalar_type())
+               .contiguous();
+    lse_ = lse.contiguous().clone();
     return;
   }
+#ifdef DILATED_ATTENTION_WITH_CUDA
+  if (out_.is_cuda() && out_.scalar_type() == at::kFloat) {
+    lse_ = lse_merge_cuda_(out_, lse_, out, lse);
+    return;
+  }
+#endif
+  const auto block_out =
+      at::where(fully_masked(lse).unsqueeze(-1), at::zeros_like(out), out).to(lse.scalar_type());
   const auto total = at::logaddexp(lse_, lse);
   out_ = out_ * block_weight(lse_, total) + block_out * block_weight(lse, total);
   lse_ = total;

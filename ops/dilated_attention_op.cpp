@@ -2,6 +2,7 @@
 // forward / backward ops. Autograd lives in dilated_attention_autograd.cpp.
 #include "ops/dilated_attention_op.h"
 
+#include <ATen/DeviceGuard.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
@@ -21,10 +22,12 @@ AttentionConfig make_config(const at::Tensor& query, at::IntArrayRef segment_len
                                dropout_p, is_causal, scale, dropout_seed);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_dense(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
     bool is_causal, std::optional<double> scale) {
+  // Kernels launch on the inputs' device and its current stream.
+  const at::OptionalDeviceGuard device_guard(at::device_of(query));
   check_dilated_attention_args(query, key, value, segment_lengths, dilation_rates, dropout_p,
                                scale);
   const uint64_t seed = draw_dropout_seed(dropout_p);
@@ -34,11 +37,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
   return {out, lse, pack_rng_state(seed, query.options())};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_dense(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
     const at::Tensor& rng_state, at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
     double dropout_p, bool is_causal, std::optional<double> scale) {
+  // Kernels launch on the inputs' device and its current stream.
+  const at::OptionalDeviceGuard device_guard(at::device_of(query));
   check_dilated_attention_args(query, key, value, segment_lengths, dilation_rates, dropout_p,
                                scale);
   const uint64_t seed = unpack_dropout_seed(rng_state);
@@ -47,11 +52,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
       make_config(query, segment_lengths, dilation_rates, dropout_p, is_causal, scale, seed));
 }
 
-at::Tensor dilated_attention_cpu(const at::Tensor& query, const at::Tensor& key,
+at::Tensor dilated_attention_dense(const at::Tensor& query, const at::Tensor& key,
                                  const at::Tensor& value, at::IntArrayRef segment_lengths,
                                  at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
                                  std::optional<double> scale) {
-  return std::get<0>(forward_cpu(query, key, value, segment_lengths, dilation_rates, dropout_p,
+  return std::get<0>(forward_dense(query, key, value, segment_lengths, dilation_rates, dropout_p,
                                  is_causal, scale));
 }
 
@@ -99,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_dilated_attention_forward(
     bool is_causal, std::optional<double> scale) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dilated_attention::_dilated_attention_forward", "")
-                       .typed<decltype(forward_cpu)>();
+                       .typed<decltype(forward_dense)>();
   return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
 }
 
@@ -110,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_dilated_attention_backward(
     double dropout_p, bool is_causal, std::optional<double> scale) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dilated_attention::_dilated_attention_backward", "")
-                       .typed<decltype(backward_cpu)>();
+                       .typed<decltype(backward_dense)>();
   return op.call(grad_output, query, key, value, output, softmax_lse, rng_state, segment_lengths,
                  dilation_rates, dropout_p, is_causal, scale);
 }
@@ -136,10 +141,18 @@ TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
       {at::Tag::pt2_compliant_tag});
 }
 
+// The dense kernels are device-generic (ATen views, copies and the attention kernel
+// block_attention picks), so CPU and CUDA register the same functions.
 TORCH_LIBRARY_IMPL(dilated_attention, CPU, m) {
-  m.impl("dilated_attention", &dilated_attention::dilated_attention_cpu);
-  m.impl("_dilated_attention_forward", &dilated_attention::forward_cpu);
-  m.impl("_dilated_attention_backward", &dilated_attention::backward_cpu);
+  m.impl("dilated_attention", &dilated_attention::dilated_attention_dense);
+  m.impl("_dilated_attention_forward", &dilated_attention::forward_dense);
+  m.impl("_dilated_attention_backward", &dilated_attention::backward_dense);
+}
+
+TORCH_LIBRARY_IMPL(dilated_attention, CUDA, m) {
+  m.impl("dilated_attention", &dilated_attention::dilated_attention_dense);
+  m.impl("_dilated_attention_forward", &dilated_attention::forward_dense);
+  m.impl("_dilated_attention_backward", &dilated_attention::backward_dense);
 }
 
 TORCH_LIBRARY_IMPL(dilated_attention, Meta, m) {

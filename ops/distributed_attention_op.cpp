@@ -1,6 +1,7 @@
 // _distributed_dilated_attention: the one internal op family behind all eight distributed names
 // (registration/named_ops.cpp maps each name to a backend). Schemas, CPU and Meta kernels of
 // the op and of its forward / backward; autograd is in distributed_attention_autograd.cpp.
+#include <ATen/DeviceGuard.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -41,11 +42,13 @@ ShardedAttentionConfig sharded_config(const AttentionConfig& attention, const at
   return {attention, {query.size(1) * size, size}, exchange_of(call.backend)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_dense(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
     bool is_causal, std::optional<double> scale, c10::string_view group_name,
     c10::string_view backend) {
+  // Kernels launch on the inputs' device and its current stream.
+  const at::OptionalDeviceGuard device_guard(at::device_of(query));
   const auto call = prepare(query, key, value, segment_lengths, dilation_rates, dropout_p, scale,
                             std::string(group_name), std::string(backend));
   auto& comm = *call.comm;
@@ -65,12 +68,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
   return {out, lse, pack_rng_state(seed, query.options())};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_dense(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
     const at::Tensor& rng_state, at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
     double dropout_p, bool is_causal, std::optional<double> scale, c10::string_view group_name,
     c10::string_view backend) {
+  // Kernels launch on the inputs' device and its current stream.
+  const at::OptionalDeviceGuard device_guard(at::device_of(query));
   const auto call = prepare(query, key, value, segment_lengths, dilation_rates, dropout_p, scale,
                             std::string(group_name), std::string(backend));
   auto& comm = *call.comm;
@@ -88,11 +93,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   return grads;
 }
 
-at::Tensor distributed_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+at::Tensor distributed_dense(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                            at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
                            double dropout_p, bool is_causal, std::optional<double> scale,
                            c10::string_view group_name, c10::string_view backend) {
-  return std::get<0>(forward_cpu(query, key, value, segment_lengths, dilation_rates, dropout_p,
+  return std::get<0>(forward_dense(query, key, value, segment_lengths, dilation_rates, dropout_p,
                                  is_causal, scale, group_name, backend));
 }
 
@@ -145,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_forward(
     c10::string_view backend) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention_forward", "")
-                       .typed<decltype(forward_cpu)>();
+                       .typed<decltype(forward_dense)>();
   return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
                  group_name, backend);
 }
@@ -158,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_backward(
     c10::string_view backend) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention_backward", "")
-                       .typed<decltype(backward_cpu)>();
+                       .typed<decltype(backward_dense)>();
   return op.call(grad_output, query, key, value, output, softmax_lse, rng_state, segment_lengths,
                  dilation_rates, dropout_p, is_causal, scale, group_name, backend);
 }
@@ -183,10 +188,18 @@ TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
       {at::Tag::pt2_compliant_tag});
 }
 
+// The dense kernels are device-generic (ATen views, copies and the attention kernel
+// block_attention picks), so CPU and CUDA register the same functions.
 TORCH_LIBRARY_IMPL(dilated_attention, CPU, m) {
-  m.impl("_distributed_dilated_attention", &dilated_attention::distributed_cpu);
-  m.impl("_distributed_dilated_attention_forward", &dilated_attention::forward_cpu);
-  m.impl("_distributed_dilated_attention_backward", &dilated_attention::backward_cpu);
+  m.impl("_distributed_dilated_attention", &dilated_attention::distributed_dense);
+  m.impl("_distributed_dilated_attention_forward", &dilated_attention::forward_dense);
+  m.impl("_distributed_dilated_attention_backward", &dilated_attention::backward_dense);
+}
+
+TORCH_LIBRARY_IMPL(dilated_attention, CUDA, m) {
+  m.impl("_distributed_dilated_attention", &dilated_attention::distributed_dense);
+  m.impl("_distributed_dilated_attention_forward", &dilated_attention::forward_dense);
+  m.impl("_distributed_dilated_attention_backward", &dilated_attention::backward_dense);
 }
 
 TORCH_LIBRARY_IMPL(dilated_attention, Meta, m) {

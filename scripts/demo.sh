@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 BUILD_DIR=${BUILD_DIR:-build}
+VENV=${VENV:-.venv}
 DILATED_ATTENTION_OPS_LIB="$PWD/$BUILD_DIR/libdilated_attention_ops.so" \
-  .venv/bin/python bench/demo.py --bench "$BUILD_DIR/bench/dilated_attention_bench" "$@"
+  "$VENV/bin/python" bench/demo.py --bench "$BUILD_DIR/bench/dilated_attention_bench" "$@"

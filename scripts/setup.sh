@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Sets up what is missing on a fresh Debian machine and builds the library into build/.
 # Idempotent: a second run only rebuilds what changed.
-#   TORCH_REQUIREMENT  pip requirement for torch (default: the on-disk CPU wheel, torch==2.13.0)
+#   TORCH_REQUIREMENT  pip requirement for torch (default: the on-disk CPU wheel, torch==2.13.0;
+#                      a CUDA build such as torch==2.14.1 also builds the CUDA kernels with nvcc)
+#   VENV               virtual environment (default: .venv)
 #   BUILD_DIR          build directory (default: build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_REQUIREMENT=${TORCH_REQUIREMENT:-torch==2.13.0}
 BUILD_DIR=${BUILD_DIR:-build}
-VENV=.venv
+VENV=${VENV:-.venv}
 
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
@@ -31,6 +33,12 @@ if ! "$VENV/bin/python" -c "import torch, pytest, numpy, expecttest, matplotlib"
   echo "== installing Python packages ($TORCH_REQUIREMENT)"
   "$VENV/bin/pip" install -q "$TORCH_REQUIREMENT" pytest numpy expecttest matplotlib
 fi
+
+if "$VENV/bin/python" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then
+  # The C++20 CUDA dialect that torch 2.14's headers need wants CMake >= 3.28.
+  "$VENV/bin/python" -c "import cmake" 2>/dev/null || "$VENV/bin/pip" install -q "cmake>=3.28,<4"
+fi
+export PATH="$PWD/$VENV/bin:$PATH"
 
 echo "== building into $BUILD_DIR"
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \

@@ -4,9 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 BUILD_DIR=${BUILD_DIR:-build}
+VENV=${VENV:-.venv}
+export PATH="$PWD/$VENV/bin:$PATH"
 
 echo "== C++ tests (ctest)"
 ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600
 echo "== Python tests (pytest)"
 DILATED_ATTENTION_OPS_LIB="$PWD/$BUILD_DIR/libdilated_attention_ops.so" \
-  .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
+  "$VENV/bin/python" -m pytest tests/python -q -p no:cacheprovider

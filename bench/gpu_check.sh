@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The one GPU check (for a lent H100: PyTorch preinstalled, no network, 16 cores): builds the
+# library against that machine's torch, checks the CUDA ops against a float64 reference, runs a
+# short compute-sanitizer memcheck, and times ours against the per-group gather + SDPA baseline.
+# Writes bench/results/gpu.json (or $OUT/gpu.json) and prints a table last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+BUILD_DIR=${BUILD_DIR:-build-gpu}
+RESULTS=${OUT:-bench/results}
+mkdir -p "$RESULTS"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+
+echo "== build against $($PYTHON -c 'import torch; print(torch.__version__, torch.version.cuda)')"
+CMAKE=cmake
+if ! cmake --version | awk 'NR==1{split($3,v,"."); exit !(v[1]>3 || (v[1]==3 && v[2]>=28))}'; then
+  $PYTHON -m pip install -q "cmake>=3.28,<4" 2>/dev/null && CMAKE="$PYTHON -m cmake" || true
+fi
+GENERATOR=(); command -v ninja >/dev/null && GENERATOR=(-G Ninja)
+$CMAKE -S . -B "$BUILD_DIR" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release \
+  -DPython3_EXECUTABLE="$(command -v $PYTHON)" -DDILATED_ATTENTION_BUILD_BENCH=OFF \
+  -DDILATED_ATTENTION_BUILD_TESTS=OFF >/dev/null
+$CMAKE --build "$BUILD_DIR" -j"$(nproc)"
+export DILATED_ATTENTION_OPS_LIB="$PWD/$BUILD_DIR/libdilated_attention_ops.so"
+
+echo "== correctness on the GPU"
+$PYTHON bench/gpu_check.py correctness --json "$RESULTS/gpu_correctness.json"
+
+if command -v compute-sanitizer >/dev/null; then
+  echo "== compute-sanitizer memcheck (small shapes)"
+  compute-sanitizer --tool memcheck --error-exitcode 3 $PYTHON bench/gpu_check.py memcheck
+else
+  echo "== compute-sanitizer not found: memcheck skipped"
+fi
+
+echo "== timings"
+$PYTHON bench/gpu_check.py timing --json "$RESULTS/gpu.json"
