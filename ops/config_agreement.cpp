@@ -5,11 +5,8 @@
 #include <c10/util/Exception.h>
 
 #include <cstring>
-#include <mutex>
-#include <set>
 #include <sstream>
 #include <string>
-#include <utility>
 #include <vector>
 
 namespace dilated_attention {
@@ -65,38 +62,48 @@ std::string first_difference(const std::vector<Field>& fields, const int64_t* a,
   return "configuration";
 }
 
+// Every rank's fingerprint, gathered through rank 0 with point-to-point transfers (not a
+// collective), so a rank that never answers is named in the timeout error: rank 0 waits for each
+// peer, and the others wait for rank 0.
+at::Tensor gather_through_rank_zero(comm::Communicator& comm, const at::Tensor& mine) {
+  constexpr int kAgreementTag = 1 << 21;
+  const int size = comm.size();
+  auto table = at::empty({size, kFingerprintSize}, mine.options());
+  table[comm.rank()].copy_(mine);
+  if (comm.rank() == 0) {
+    std::vector<comm::Transfer> receives;
+    for (int peer = 1; peer < size; ++peer) receives.push_back({peer, table[peer], kAgreementTag});
+    comm.post_exchange({}, receives)->wait();
+    std::vector<comm::Transfer> sends;
+    for (int peer = 1; peer < size; ++peer) sends.push_back({peer, table, kAgreementTag});
+    comm.post_exchange(sends, {})->wait();
+  } else {
+    comm.post_exchange({{0, mine, kAgreementTag}}, {{0, table, kAgreementTag}})->wait();
+  }
+  return table;
+}
+
 }  // namespace
 
-void check_ranks_agree(comm::Communicator& comm, const std::string& group_name,
-                       const at::Tensor& query,
+void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query,
                        at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
                        double dropout_p, bool is_causal, std::optional<double> scale) {
-  static std::mutex mutex;
-  static std::set<std::pair<std::string, std::vector<int64_t>>> agreed;
+  if (comm.size() == 1) return;
   const auto fields =
       describe_call(query, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
-  const auto mine = fingerprint(fields);
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (agreed.count({group_name, mine})) return;
-  }
-  auto gathered = at::empty({comm.size() * kFingerprintSize},
-                            at::TensorOptions().dtype(at::kLong).device(query.device()));
-  comm.all_gather(gathered, at::tensor(mine, at::kLong).to(query.device()));
-  const auto all = gathered.cpu();
-  const int64_t* data = all.data_ptr<int64_t>();
-  for (int r = 0; r < comm.size(); ++r) {
+  const auto mine = at::tensor(fingerprint(fields), at::kLong).to(query.device());
+  const auto table = gather_through_rank_zero(comm, mine).cpu();
+  const int64_t* data = table.data_ptr<int64_t>();
+  for (int r = 1; r < comm.size(); ++r) {
     const int64_t* theirs = data + r * kFingerprintSize;
     if (std::memcmp(theirs, data, sizeof(int64_t) * kFingerprintSize) == 0) continue;
-    // Every rank sees the same gathered table, so every rank raises the same error.
+    // Every rank holds the same table, so every rank raises the same error.
     TORCH_CHECK_VALUE(false, "ring_dilated_attention_production: ranks disagree on ",
                       first_difference(fields, data, theirs), ": rank 0 and rank ", r,
                       " were called with different values; all ranks of the group must pass the ",
                       "same shapes, dtype, segment_lengths, dilation_rates, dropout_p, is_causal "
                       "and scale");
   }
-  std::lock_guard<std::mutex> lock(mutex);
-  agreed.insert({group_name, mine});
 }
 
 }  // namespace dilated_attention

@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_dense(
                             std::string(group_name), std::string(backend));
   auto& comm = *call.comm;
   if (call.backend == DistributedBackend::kCheckedSegmentRing) {
-    check_ranks_agree(comm, std::string(group_name), query, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
+    check_ranks_agree(comm, query, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
   }
   const uint64_t seed = draw_dropout_seed(dropout_p);
   const auto attention = make_attention_config(query.size(2), query.size(3), segment_lengths,

@@ -18,8 +18,8 @@ class RingAttentionConfig:
 
 
 class RingDilatedAttentionProduction(DistributedAttentionBase):
-    """The V2 exchange with safeguards (``ring_dilated_attention_production``): on first use of
-    a configuration all ranks check they agree on shapes, dtype, segment_lengths,
+    """The V2 exchange with safeguards (``ring_dilated_attention_production``): before every call
+    all ranks check they agree on shapes, dtype, segment_lengths,
     dilation_rates, causal, dropout and scale (every rank raises the same clear error when they
     do not), and every wait is bounded (``DILATED_ATTENTION_COMM_TIMEOUT_S``, default 300 s): a
     silent peer is named in an error instead of a hang."""
