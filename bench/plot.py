@@ -48,7 +48,7 @@ def plot_distributed(ax, data):
     methods = sorted({r["op"] for r in rows})
     for ci, config in enumerate(configs):
         for op in methods:
-            pts = sorted((r["P"], r["tokens_per_s_per_rank_fwd"]) for r in rows
+            pts = sorted((r["world_size"], r["fwd_tokens_per_s"]) for r in rows
                          if r["config"] == config and r["op"] == op and r["rank"] == 0)
             if pts:
                 xs, ys = zip(*pts)
