@@ -14,7 +14,7 @@ namespace bench {
 // Gather indices of one head group: every covered position, segment after segment.
 struct GroupGather {
   dilated_attention::HeadGroup group;
-  at::Tensor positions;      // int64 [num_segments * subset_length]
+  at::Tensor positions;  // int64 [num_segments * subset_length]
   int64_t num_segments = 0;
   int64_t subset_length = 0;
 };

@@ -51,7 +51,8 @@ Inputs make_inputs(const Options& o, at::ScalarType dtype) {
           at::randn(shape, opts)};
 }
 
-using AttentionFn = std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>;
+using AttentionFn =
+    std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>;
 
 bench::Timing time_forward(const AttentionFn& fn, const Inputs& in, const Options& o) {
   c10::InferenceMode no_autograd;  // forward-only cost, no graph recording
@@ -103,19 +104,22 @@ nlohmann::json check_agreement(const AttentionFn& ours, const AttentionFn& basel
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   const Options o = bench::parse_options(argc, argv);
   at::set_num_threads(o.threads);
   at::manual_seed(o.seed);
-  const nlohmann::json machine = bench::machine_info(at::get_num_threads());  // load before we add ours
+  const nlohmann::json machine =
+      bench::machine_info(at::get_num_threads());  // load before we add ours
   const at::ScalarType dtype = parse_dtype(o.dtype);
   const std::optional<double> scale;  // default 1/sqrt(D) for every method
   const auto groups = dilated_attention::make_head_groups(o.heads, o.segments, o.rates);
   const auto plan = bench::make_gather_plan(o.seq, groups);
 
   const double tokens = static_cast<double>(o.batch * o.seq);
-  const double fwd_flops = dilated_attention::dilated_attention_forward_flops(o.batch, o.seq, o.head_dim, groups);
-  const double dense_fwd_flops = 4.0 * o.batch * o.heads * static_cast<double>(o.seq) * o.seq * o.head_dim;
+  const double fwd_flops =
+      dilated_attention::dilated_attention_forward_flops(o.batch, o.seq, o.head_dim, groups);
+  const double dense_fwd_flops =
+      4.0 * o.batch * o.heads * static_cast<double>(o.seq) * o.seq * o.head_dim;
 
   std::cout << "dilated attention bench: B=" << o.batch << " N=" << o.seq << " H=" << o.heads
             << " D=" << o.head_dim << " dtype=" << o.dtype << " causal=" << o.causal
@@ -163,27 +167,50 @@ int main(int argc, char** argv) {
 
   nlohmann::json doc;
   doc["benchmark"] = "dilated_attention";
-  doc["config"] = {{"batch", o.batch}, {"seq", o.seq}, {"heads", o.heads}, {"head_dim", o.head_dim},
-                   {"segments", o.segments}, {"rates", o.rates}, {"dtype", o.dtype},
-                   {"causal", o.causal}, {"warmup", o.warmup}, {"repeats", o.repeats},
-                   {"seed", o.seed}, {"skip_dense", o.skip_dense},
-                   {"dense_backward", o.dense_backward}, {"layout", "[B, N, H, D]"}};
+  doc["config"] = {{"batch", o.batch},
+                   {"seq", o.seq},
+                   {"heads", o.heads},
+                   {"head_dim", o.head_dim},
+                   {"segments", o.segments},
+                   {"rates", o.rates},
+                   {"dtype", o.dtype},
+                   {"causal", o.causal},
+                   {"warmup", o.warmup},
+                   {"repeats", o.repeats},
+                   {"seed", o.seed},
+                   {"skip_dense", o.skip_dense},
+                   {"dense_backward", o.dense_backward},
+                   {"layout", "[B, N, H, D]"}};
   doc["machine"] = machine;
   doc["flops"] = {{"dilated_forward", fwd_flops},
                   {"dilated_forward_backward", 3.5 * fwd_flops},
                   {"dense_forward", dense_fwd_flops},
                   {"dense_forward_backward", 3.5 * dense_fwd_flops},
-                  {"note", "counted_flops/effective_gflops use the dilated counts for every "
-                           "method; dense counts ignore causal masking"}};
+                  {"note",
+                   "counted_flops/effective_gflops use the dilated counts for every "
+                   "method; dense counts ignore causal masking"}};
   doc["measured_peak"] = {{"what", "measured GEMM peak: fp32 at::mm, median of 3"},
-                          {"m_n_k", gemm_n}, {"median_s", peak.median},
-                          {"times_s", peak.seconds}, {"gflops", peak_gflops}};
+                          {"m_n_k", gemm_n},
+                          {"median_s", peak.median},
+                          {"times_s", peak.seconds},
+                          {"gflops", peak_gflops}};
   doc["agreement"] = agreement;
   doc["results"] = nlohmann::json::array();
-  for (const auto& m : all) doc["results"].push_back(bench::measurement_json(m, tokens, peak_gflops, all));
+  for (const auto& m : all)
+    doc["results"].push_back(bench::measurement_json(m, tokens, peak_gflops, all));
   bench::write_json(doc, o.json_path);
   std::cout << "wrote " << o.json_path << "\n";
 
   bench::print_table(all, tokens, peak_gflops);
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const c10::Error& e) {
+    // A bad configuration (e.g. N not divisible by a segment length): the op's message, no abort.
+    std::cerr << "dilated_attention_bench: " << e.what_without_backtrace() << "\n";
+    return 2;
+  }
 }

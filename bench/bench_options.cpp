@@ -84,23 +84,40 @@ Options parse_options(int argc, char** argv) {
     if (flag == "--help" || flag == "-h") {
       std::cout << kUsage;
       std::exit(0);
-    } else if (flag == "--batch") o.batch = to_int(flag, next());
-    else if (flag == "--seq") o.seq = to_int(flag, next());
-    else if (flag == "--heads") o.heads = to_int(flag, next());
-    else if (flag == "--head-dim") o.head_dim = to_int(flag, next());
-    else if (flag == "--segments") o.segments = to_list(flag, next());
-    else if (flag == "--rates") o.rates = to_list(flag, next());
-    else if (flag == "--dtype") o.dtype = next();
-    else if (flag == "--causal") o.causal = to_int(flag, next()) != 0;
-    else if (flag == "--threads") o.threads = static_cast<int>(to_int(flag, next()));
-    else if (flag == "--warmup") o.warmup = static_cast<int>(to_int(flag, next()));
-    else if (flag == "--repeats") o.repeats = static_cast<int>(to_int(flag, next()));
-    else if (flag == "--seed") o.seed = static_cast<uint64_t>(to_int(flag, next()));
-    else if (flag == "--json") o.json_path = next();
-    else if (flag == "--skip-dense") o.skip_dense = true;
-    else if (flag == "--dense-backward") o.dense_backward = has_value ? to_int(flag, value) != 0 : true;
-    else if (flag == "--skip-dense-backward") o.dense_backward = false;
-    else fail("unknown flag " + flag);
+    } else if (flag == "--batch")
+      o.batch = to_int(flag, next());
+    else if (flag == "--seq")
+      o.seq = to_int(flag, next());
+    else if (flag == "--heads")
+      o.heads = to_int(flag, next());
+    else if (flag == "--head-dim")
+      o.head_dim = to_int(flag, next());
+    else if (flag == "--segments")
+      o.segments = to_list(flag, next());
+    else if (flag == "--rates")
+      o.rates = to_list(flag, next());
+    else if (flag == "--dtype")
+      o.dtype = next();
+    else if (flag == "--causal")
+      o.causal = to_int(flag, next()) != 0;
+    else if (flag == "--threads")
+      o.threads = static_cast<int>(to_int(flag, next()));
+    else if (flag == "--warmup")
+      o.warmup = static_cast<int>(to_int(flag, next()));
+    else if (flag == "--repeats")
+      o.repeats = static_cast<int>(to_int(flag, next()));
+    else if (flag == "--seed")
+      o.seed = static_cast<uint64_t>(to_int(flag, next()));
+    else if (flag == "--json")
+      o.json_path = next();
+    else if (flag == "--skip-dense")
+      o.skip_dense = true;
+    else if (flag == "--dense-backward")
+      o.dense_backward = has_value ? to_int(flag, value) != 0 : true;
+    else if (flag == "--skip-dense-backward")
+      o.dense_backward = false;
+    else
+      fail("unknown flag " + flag);
   }
   validate(o);
   return o;

@@ -104,7 +104,8 @@ void print_table(const std::vector<Measurement>& all, double tokens, double peak
   std::cout << "\n"
             << std::left << std::setw(13) << "method" << std::setw(18) << "pass" << std::right
             << std::setw(11) << "median_s" << std::setw(13) << "tokens/s" << std::setw(10)
-            << "GFLOP/s" << std::setw(9) << "%peak" << std::setw(14) << "ours_speedup" << "\n";
+            << "GFLOP/s" << std::setw(9) << "%peak" << std::setw(14) << "ours_speedup"
+            << "\n";
   for (const auto& m : all) {
     const Throughput t = throughput(m, tokens, peak_gflops);
     // Speedup of ours over this row's method for the same pass (1.00 on ours' own row).

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
-
 #include <string>
 #include <vector>
 
@@ -11,16 +10,16 @@
 namespace bench {
 
 struct Measurement {
-  std::string method;      // "ours", "gather_sdpa", "dense_sdpa"
-  std::string pass;        // "forward" or "forward_backward"
+  std::string method;  // "ours", "gather_sdpa", "dense_sdpa"
+  std::string pass;    // "forward" or "forward_backward"
   Timing timing;
   double counted_flops = 0.0;  // dilated work of this pass (same count for every method)
 };
 
 struct Throughput {
   double tokens_per_s = 0.0;
-  double gflops = 0.0;             // counted_flops / median time
-  double fraction_of_peak = 0.0;   // gflops / measured GEMM peak
+  double gflops = 0.0;            // counted_flops / median time
+  double fraction_of_peak = 0.0;  // gflops / measured GEMM peak
 };
 
 Throughput throughput(const Measurement& m, double tokens, double peak_gflops);
