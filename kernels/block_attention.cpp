@@ -42,9 +42,9 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q, const at::T
                                                 const at::Tensor& v, const BlockOptions& options) {
   check_cuda_block(q, options);
   if (flash_fits(q)) {
-    auto result = at::_scaled_dot_product_flash_attention(q, k, v, 0.0, options.is_causal,
-                                                          /*return_debug_mask=*/false,
-                                                          options.scale);
+    auto result =
+        at::_scaled_dot_product_flash_attention(q, k, v, 0.0, options.is_causal,
+                                                /*return_debug_mask=*/false, options.scale);
     return {std::get<0>(result), std::get<1>(result)};
   }
   auto result = at::_scaled_dot_product_efficient_attention(
@@ -58,11 +58,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_backward(
   check_cuda_block(q, options);
   if (flash_fits(q)) {
     return at::_scaled_dot_product_flash_attention_backward(
-        grad_out, q, k, v, out, lse.contiguous(), at::Tensor(), at::Tensor(), q.size(2),
-        k.size(2), 0.0, options.is_causal, no_philox_state(), no_philox_state(), options.scale);
+        grad_out, q, k, v, out, lse.contiguous(), at::Tensor(), at::Tensor(), q.size(2), k.size(2),
+        0.0, options.is_causal, no_philox_state(), no_philox_state(), options.scale);
   }
   const int64_t rows = q.size(2);
-  const int64_t padding = (kEfficientLseAlignment - rows % kEfficientLseAlignment) % kEfficientLseAlignment;
+  const int64_t padding =
+      (kEfficientLseAlignment - rows % kEfficientLseAlignment) % kEfficientLseAlignment;
   const auto padded_lse = at::constant_pad_nd(lse, {0, padding}, 0.0).contiguous();
   auto grads = at::_scaled_dot_product_efficient_attention_backward(
       grad_out, q, k, v, at::Tensor(), out, padded_lse, no_philox_state(), no_philox_state(), 0.0,
@@ -72,8 +73,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_backward(
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q,
-                                                           const at::Tensor& k,
+std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, const at::Tensor& k,
                                                            const at::Tensor& v,
                                                            const BlockOptions& options) {
   if (!q.device().is_cpu()) return cuda_forward(q, k, v, options);
@@ -90,8 +90,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(
     const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options) {
   if (!q.device().is_cpu()) return cuda_backward(grad_out, q, k, v, out, lse, options);
   if (uses_dropout(options)) {
-    return dropout_attention_backward(grad_out, q, k, v, out, lse, options.is_causal,
-                                      options.scale, *options.dropout, options.where);
+    return dropout_attention_backward(grad_out, q, k, v, out, lse, options.is_causal, options.scale,
+                                      *options.dropout, options.where);
   }
   return at::_scaled_dot_product_flash_attention_for_cpu_backward(
       grad_out, q, k, v, out, lse, 0.0, options.is_causal, std::nullopt, options.scale);

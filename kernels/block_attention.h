@@ -23,8 +23,7 @@ struct BlockOptions {
 
 // Returns (output [B', h, Lq, D] in the input dtype, log-sum-exp [B', h, Lq] in the
 // accumulation dtype).
-std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q,
-                                                           const at::Tensor& k,
+std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, const at::Tensor& k,
                                                            const at::Tensor& v,
                                                            const BlockOptions& options);
 

@@ -32,9 +32,10 @@ at::Tensor new_attention_result(const at::Tensor& like, const std::vector<HeadGr
                                             : at::empty(like.sizes(), like.options());
 }
 
-std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(
-    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-    const AttentionConfig& config) {
+std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Tensor& q_in,
+                                                                    const at::Tensor& k_in,
+                                                                    const at::Tensor& v_in,
+                                                                    const AttentionConfig& config) {
   const auto q = with_group_viewable_layout(q_in);
   const auto k = with_group_viewable_layout(k_in);
   const auto v = with_group_viewable_layout(v_in);
@@ -77,7 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
     auto [gq, gk, gv] = block_attention_backward(
         group_view(grad_out, group), group_view(q, group), group_view(k, group),
         group_view(v, group), group_view(out, group).div(config.output_scale),
-        group_rows_view(contiguous_lse, group), group_block_options(config, group, q.size(1), mask));
+        group_rows_view(contiguous_lse, group),
+        group_block_options(config, group, q.size(1), mask));
     group_view(grad_q, group).copy_(gq.mul_(config.output_scale));
     group_view(grad_k, group).copy_(gk.mul_(config.output_scale));
     group_view(grad_v, group).copy_(gv.mul_(config.output_scale));

@@ -18,7 +18,8 @@ int64_t dilated_subset_length(int64_t segment_length, int64_t dilation_rate, int
   return (segment_length - offset + dilation_rate - 1) / dilation_rate;
 }
 
-std::vector<HeadGroup> make_head_groups(int64_t num_heads, const std::vector<int64_t>& segment_lengths,
+std::vector<HeadGroup> make_head_groups(int64_t num_heads,
+                                        const std::vector<int64_t>& segment_lengths,
                                         const std::vector<int64_t>& dilation_rates) {
   const auto num_groups = static_cast<int64_t>(segment_lengths.size());
   std::vector<HeadGroup> groups;
@@ -49,7 +50,8 @@ std::vector<int64_t> segment_positions(const HeadGroup& group, int64_t segment_i
   std::vector<int64_t> positions;
   positions.reserve(static_cast<size_t>(group.subset_length()));
   const int64_t start = segment_index * group.segment_length;
-  for (int64_t within = group.offset; within < group.segment_length; within += group.dilation_rate) {
+  for (int64_t within = group.offset; within < group.segment_length;
+       within += group.dilation_rate) {
     positions.push_back(start + within);
   }
   return positions;
@@ -66,10 +68,11 @@ double dilated_attention_forward_flops(int64_t batch, int64_t sequence_length, i
                                        const std::vector<HeadGroup>& groups) {
   double flops = 0.0;
   for (const auto& group : groups) {
-    flops += 4.0 * static_cast<double>(batch) * static_cast<double>(group.num_heads) *
-             (static_cast<double>(sequence_length) / static_cast<double>(group.dilation_rate)) *
-             (static_cast<double>(group.segment_length) / static_cast<double>(group.dilation_rate)) *
-             static_cast<double>(head_dim);
+    flops +=
+        4.0 * static_cast<double>(batch) * static_cast<double>(group.num_heads) *
+        (static_cast<double>(sequence_length) / static_cast<double>(group.dilation_rate)) *
+        (static_cast<double>(group.segment_length) / static_cast<double>(group.dilation_rate)) *
+        static_cast<double>(head_dim);
   }
   return flops;
 }

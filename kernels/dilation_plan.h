@@ -33,7 +33,8 @@ int64_t dilated_subset_length(int64_t segment_length, int64_t dilation_rate, int
 
 // Heads split into len(segment_lengths) contiguous groups; the first H % G groups get one
 // extra head. Callers validate the arguments first (same lengths, positive values, H >= G).
-std::vector<HeadGroup> make_head_groups(int64_t num_heads, const std::vector<int64_t>& segment_lengths,
+std::vector<HeadGroup> make_head_groups(int64_t num_heads,
+                                        const std::vector<int64_t>& segment_lengths,
                                         const std::vector<int64_t>& dilation_rates);
 
 // The group that owns `head` (the group whose head range contains it).

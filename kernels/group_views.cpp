@@ -14,12 +14,11 @@ at::Tensor group_view(const at::Tensor& x, const HeadGroup& group) {
   TORCH_INTERNAL_ASSERT(x.dim() == 4);
   const int64_t batch = x.size(0), seq_len = x.size(1), head_dim = x.size(3);
   const int64_t seq_stride = x.stride(1), head_stride = x.stride(2);
-  const auto view =
-      x.as_strided({batch * group.num_segments(seq_len), group.subset_length(), group.num_heads,
-                    head_dim},
-                   {group.segment_length * seq_stride, group.dilation_rate * seq_stride,
-                    head_stride, x.stride(3)},
-                   x.storage_offset() + group.offset * seq_stride + group.first_head * head_stride);
+  const auto view = x.as_strided(
+      {batch * group.num_segments(seq_len), group.subset_length(), group.num_heads, head_dim},
+      {group.segment_length * seq_stride, group.dilation_rate * seq_stride, head_stride,
+       x.stride(3)},
+      x.storage_offset() + group.offset * seq_stride + group.first_head * head_stride);
   return view.transpose(1, 2);
 }
 

@@ -11,8 +11,7 @@ int64_t ceil_div(int64_t numerator, int64_t step) {
 }
 
 bool segment_inside(const HeadGroup& group, int64_t segment, int64_t begin, int64_t end) {
-  return segment * group.segment_length >= begin &&
-         (segment + 1) * group.segment_length <= end;
+  return segment * group.segment_length >= begin && (segment + 1) * group.segment_length <= end;
 }
 
 }  // namespace
@@ -20,8 +19,10 @@ bool segment_inside(const HeadGroup& group, int64_t segment, int64_t begin, int6
 RowRange dilated_rows_in(const HeadGroup& group, int64_t segment, int64_t begin, int64_t end) {
   const int64_t first_position = segment * group.segment_length + group.offset;
   const int64_t len = group.subset_length();
-  const int64_t first = std::clamp<int64_t>(ceil_div(begin - first_position, group.dilation_rate), 0, len);
-  const int64_t last = std::clamp<int64_t>(ceil_div(end - first_position, group.dilation_rate), 0, len);
+  const int64_t first =
+      std::clamp<int64_t>(ceil_div(begin - first_position, group.dilation_rate), 0, len);
+  const int64_t last =
+      std::clamp<int64_t>(ceil_div(end - first_position, group.dilation_rate), 0, len);
   return {first, std::max<int64_t>(0, last - first)};
 }
 

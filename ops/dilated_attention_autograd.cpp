@@ -34,7 +34,8 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const auto& grad_output = grad_outputs[0];
-    if (!grad_output.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), {}, {}, {}, {}, {}};
+    if (!grad_output.defined())
+      return {at::Tensor(), at::Tensor(), at::Tensor(), {}, {}, {}, {}, {}};
     const auto segment_lengths = ctx->saved_data["segment_lengths"].toIntVector();
     const auto dilation_rates = ctx->saved_data["dilation_rates"].toIntVector();
     const auto scale_value = ctx->saved_data["scale"];
@@ -44,8 +45,8 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
         grad_output, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], segment_lengths,
         dilation_rates, ctx->saved_data["dropout_p"].toDouble(),
         ctx->saved_data["is_causal"].toBool(), scale);
-    return {grad_query, grad_key, grad_value, at::Tensor(), at::Tensor(),
-            at::Tensor(),  at::Tensor(), at::Tensor()};
+    return {grad_query,   grad_key,     grad_value,   at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

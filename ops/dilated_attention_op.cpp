@@ -53,11 +53,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_dense(
 }
 
 at::Tensor dilated_attention_dense(const at::Tensor& query, const at::Tensor& key,
-                                 const at::Tensor& value, at::IntArrayRef segment_lengths,
-                                 at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
-                                 std::optional<double> scale) {
+                                   const at::Tensor& value, at::IntArrayRef segment_lengths,
+                                   at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
+                                   std::optional<double> scale) {
   return std::get<0>(forward_dense(query, key, value, segment_lengths, dilation_rates, dropout_p,
-                                 is_causal, scale));
+                                   is_causal, scale));
 }
 
 // Meta kernels: shapes only, from symbolic sizes so torch.compile can keep N dynamic.

@@ -41,8 +41,7 @@ class DistributedAttentionFunction
     const std::optional<double> scale =
         scale_value.isNone() ? std::nullopt : std::optional<double>(scale_value.toDouble());
     // Every rank must take part in backward's exchange, so an undefined gradient is zeros.
-    const auto grad_output =
-        grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(saved[3]);
+    const auto grad_output = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(saved[3]);
     auto [grad_query, grad_key, grad_value] = call_distributed_backward(
         grad_output, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
         ctx->saved_data["segment_lengths"].toIntVector(),

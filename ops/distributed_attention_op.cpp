@@ -1,6 +1,8 @@
 // _distributed_dilated_attention: the one internal op family behind all eight distributed names
 // (registration/named_ops.cpp maps each name to a backend). Schemas, CPU and Meta kernels of
 // the op and of its forward / backward; autograd is in distributed_attention_autograd.cpp.
+#include "ops/distributed_attention_op.h"
+
 #include <ATen/DeviceGuard.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
@@ -8,7 +10,6 @@
 
 #include "ops/attention_config.h"
 #include "ops/config_agreement.h"
-#include "ops/distributed_attention_op.h"
 #include "ops/distributed_context.h"
 #include "ops/replicated_attention.h"
 #include "ops/sharded_attention.h"
@@ -61,7 +62,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_dense(
   comm.reset_bytes_sent();
   auto [out, lse] =
       is_sharded(call.backend)
-          ? sharded_attention_forward(comm, query, key, value, sharded_config(attention, query, call))
+          ? sharded_attention_forward(comm, query, key, value,
+                                      sharded_config(attention, query, call))
           : replicated_attention_forward(comm, query, key, value, attention,
                                          call.backend == DistributedBackend::kReplicatedHeads);
   record_bytes_sent(comm.bytes_sent());
@@ -93,12 +95,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_dense(
   return grads;
 }
 
-at::Tensor distributed_dense(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                           at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
-                           double dropout_p, bool is_causal, std::optional<double> scale,
-                           c10::string_view group_name, c10::string_view backend) {
+at::Tensor distributed_dense(const at::Tensor& query, const at::Tensor& key,
+                             const at::Tensor& value, at::IntArrayRef segment_lengths,
+                             at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
+                             std::optional<double> scale, c10::string_view group_name,
+                             c10::string_view backend) {
   return std::get<0>(forward_dense(query, key, value, segment_lengths, dilation_rates, dropout_p,
-                                 is_causal, scale, group_name, backend));
+                                   is_causal, scale, group_name, backend));
 }
 
 // Meta: the output has the query's shape in both contracts; the log-sum-exp covers this rank's
@@ -132,11 +135,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_meta(
   return {like(), like(), like()};
 }
 
-at::Tensor distributed_meta(const at::Tensor& query, const at::Tensor& key,
-                            const at::Tensor& value, at::IntArrayRef segment_lengths,
-                            at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
-                            std::optional<double> scale, c10::string_view group_name,
-                            c10::string_view backend) {
+at::Tensor distributed_meta(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                            at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
+                            double dropout_p, bool is_causal, std::optional<double> scale,
+                            c10::string_view group_name, c10::string_view backend) {
   return std::get<0>(forward_meta(query, key, value, segment_lengths, dilation_rates, dropout_p,
                                   is_causal, scale, group_name, backend));
 }
@@ -148,9 +150,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_forward(
     at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
     bool is_causal, std::optional<double> scale, c10::string_view group_name,
     c10::string_view backend) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention_forward", "")
-                       .typed<decltype(forward_dense)>();
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention_forward", "")
+          .typed<decltype(forward_dense)>();
   return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
                  group_name, backend);
 }
@@ -161,9 +164,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_backward(
     const at::Tensor& rng_state, at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
     double dropout_p, bool is_causal, std::optional<double> scale, c10::string_view group_name,
     c10::string_view backend) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention_backward", "")
-                       .typed<decltype(backward_dense)>();
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention_backward", "")
+          .typed<decltype(backward_dense)>();
   return op.call(grad_output, query, key, value, output, softmax_lse, rng_state, segment_lengths,
                  dilation_rates, dropout_p, is_causal, scale, group_name, backend);
 }

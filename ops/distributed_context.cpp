@@ -54,5 +54,6 @@ int64_t bytes_sent_by_last_call() { return last_call_bytes.load(); }
 TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
   // For tests and benchmarks: how many bytes this process sent in the latest forward or backward
   // of a distributed op.
-  m.def("bytes_sent_by_last_call() -> int", [] { return dilated_attention::bytes_sent_by_last_call(); });
+  m.def("bytes_sent_by_last_call() -> int",
+        [] { return dilated_attention::bytes_sent_by_last_call(); });
 }

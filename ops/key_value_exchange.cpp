@@ -47,7 +47,8 @@ void unpack(const at::Tensor& buffer, const std::vector<BlockRef>& blocks,
   for (auto* side : {&keys, &values}) {
     side->clear();
     for (const auto& b : blocks) {
-      const std::vector<int64_t> sizes{batch, groups[b.group_index].num_heads, b.rows.count, head_dim};
+      const std::vector<int64_t> sizes{batch, groups[b.group_index].num_heads, b.rows.count,
+                                       head_dim};
       const int64_t n = sizes[0] * sizes[1] * sizes[2] * sizes[3];
       side->push_back(buffer.narrow(0, offset, n).view(sizes));
       offset += n;
@@ -114,7 +115,8 @@ class SegmentRingStream : public KeyValueStream {
       step.receive_buffer = empty_payload(step.receive_blocks, ctx_, k_);
       receives.push_back({from, step.receive_buffer, tag});
     }
-    if (!sends.empty() || !receives.empty()) step.pending = ctx_.comm.post_exchange(sends, receives);
+    if (!sends.empty() || !receives.empty())
+      step.pending = ctx_.comm.post_exchange(sends, receives);
   }
 
   ExchangeContext ctx_;
@@ -216,8 +218,9 @@ void add_into_rows(at::Tensor& grad, const std::vector<BlockRef>& blocks,
   for (size_t i = 0; i < views.size(); ++i) views[i].add_(values[i]);
 }
 
-void return_point_to_point(const ExchangeContext& ctx, const std::vector<RemoteGrads>& grads_by_owner,
-                           at::Tensor& grad_k, at::Tensor& grad_v) {
+void return_point_to_point(const ExchangeContext& ctx,
+                           const std::vector<RemoteGrads>& grads_by_owner, at::Tensor& grad_k,
+                           at::Tensor& grad_v) {
   const int rank = ctx.comm.rank(), size = ctx.comm.size();
   constexpr int kGradTag = 1 << 20;  // apart from the forward steps' tags
   std::vector<comm::Transfer> sends, receives;
@@ -246,11 +249,12 @@ void return_point_to_point(const ExchangeContext& ctx, const std::vector<RemoteG
 }
 
 // Legacy: every rank gathers every rank's full-length partial gradients and keeps its rows.
-void return_by_all_gather(const ExchangeContext& ctx, const std::vector<RemoteGrads>& grads_by_owner,
-                          at::Tensor& grad, bool keys) {
+void return_by_all_gather(const ExchangeContext& ctx,
+                          const std::vector<RemoteGrads>& grads_by_owner, at::Tensor& grad,
+                          bool keys) {
   const int rank = ctx.comm.rank(), size = ctx.comm.size();
-  auto partial = at::zeros({grad.size(0), ctx.layout.seq_len, grad.size(2), grad.size(3)},
-                           grad.options());
+  auto partial =
+      at::zeros({grad.size(0), ctx.layout.seq_len, grad.size(2), grad.size(3)}, grad.options());
   for (const auto& owner : grads_by_owner) {
     add_into_rows(partial, owner.blocks, keys ? owner.grad_keys : owner.grad_values, ctx.groups, 0);
   }

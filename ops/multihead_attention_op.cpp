@@ -19,8 +19,8 @@ at::Tensor call_distributed(const at::Tensor& q, const at::Tensor& k, const at::
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             at::IntArrayRef, at::IntArrayRef, double, bool, std::optional<double>,
                             c10::string_view, c10::string_view)>();
-  return op.call(q, k, v, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
-                 group_name, backend);
+  return op.call(q, k, v, segment_lengths, dilation_rates, dropout_p, is_causal, scale, group_name,
+                 backend);
 }
 
 at::Tensor split_heads(const at::Tensor& x, int64_t num_heads) {
@@ -38,11 +38,11 @@ at::Tensor projected_attention(const at::Tensor& query, const at::Tensor& key,
                                double dropout_p, bool is_causal, std::optional<double> scale,
                                c10::string_view group_name, c10::string_view backend) {
   check_multihead_input(query, "query", q_weight.sym_size(1), num_heads);
-  auto attended = call_distributed(
-      split_heads(at::linear(query, q_weight, q_bias), num_heads),
-      split_heads(at::linear(key, k_weight, k_bias), num_heads),
-      split_heads(at::linear(value, v_weight, v_bias), num_heads), segment_lengths,
-      dilation_rates, dropout_p, is_causal, scale, group_name, backend);
+  auto attended =
+      call_distributed(split_heads(at::linear(query, q_weight, q_bias), num_heads),
+                       split_heads(at::linear(key, k_weight, k_bias), num_heads),
+                       split_heads(at::linear(value, v_weight, v_bias), num_heads), segment_lengths,
+                       dilation_rates, dropout_p, is_causal, scale, group_name, backend);
   return at::linear(attended.flatten(-2), out_weight, out_bias);
 }
 

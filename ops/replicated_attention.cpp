@@ -43,12 +43,9 @@ AttentionConfig heads_config(const AttentionConfig& config, const at::Tensor& q,
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> replicated_attention_forward(comm::Communicator& comm,
-                                                                const at::Tensor& q,
-                                                                const at::Tensor& k,
-                                                                const at::Tensor& v,
-                                                                const AttentionConfig& config,
-                                                                bool split_heads) {
+std::tuple<at::Tensor, at::Tensor> replicated_attention_forward(
+    comm::Communicator& comm, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const AttentionConfig& config, bool split_heads) {
   const int64_t dim = split_heads ? 2 : 1;
   auto [out, lse] =
       split_heads
@@ -60,17 +57,16 @@ std::tuple<at::Tensor, at::Tensor> replicated_attention_forward(comm::Communicat
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> replicated_attention_backward(
-    comm::Communicator& comm, const at::Tensor& grad_out, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    comm::Communicator& comm, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const AttentionConfig& config, bool split_heads) {
   const int64_t dim = split_heads ? 2 : 1;
   auto part = [&](const at::Tensor& x) { return my_part(x, comm, dim); };
   auto [gq, gk, gv] =
-      split_heads
-          ? dilated_attention_backward_kernel(part(grad_out), part(q), part(k), part(v), part(out),
-                                              lse, heads_config(config, q, comm))
-          : sharded_attention_backward(comm, part(grad_out), part(q), part(k), part(v), part(out),
-                                       lse, rows_config(config, q, comm.size()));
+      split_heads ? dilated_attention_backward_kernel(part(grad_out), part(q), part(k), part(v),
+                                                      part(out), lse, heads_config(config, q, comm))
+                  : sharded_attention_backward(comm, part(grad_out), part(q), part(k), part(v),
+                                               part(out), lse, rows_config(config, q, comm.size()));
   return {gather_parts(comm, gq, dim), gather_parts(comm, gk, dim), gather_parts(comm, gv, dim)};
 }
 

@@ -116,7 +116,8 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
   }
 
   std::vector<std::vector<LseAccumulator>> merged(shard.plan.size());
-  for (size_t g = 0; g < shard.plan.size(); ++g) merged[g].resize(shard.plan[g].edge_segments.size());
+  for (size_t g = 0; g < shard.plan.size(); ++g)
+    merged[g].resize(shard.plan[g].edge_segments.size());
   for_each_edge(shard, [&](size_t g, size_t e) {
     const auto& edge = shard.plan[g].edge_segments[e];
     auto [o, l] = block_attention_forward(
@@ -178,7 +179,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
   }
 
   std::vector<std::vector<at::Tensor>> edge_grad_q(shard.plan.size());
-  for (size_t g = 0; g < shard.plan.size(); ++g) edge_grad_q[g].resize(shard.plan[g].edge_segments.size());
+  for (size_t g = 0; g < shard.plan.size(); ++g)
+    edge_grad_q[g].resize(shard.plan[g].edge_segments.size());
   auto edge_backward = [&](size_t g, const EdgeSegment& edge, const at::Tensor& keys,
                            const at::Tensor& values, int key_rank, const RowRange& key_rows) {
     return block_attention_backward(
@@ -192,9 +194,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
   };
   for_each_edge(shard, [&](size_t g, size_t e) {
     const auto& edge = shard.plan[g].edge_segments[e];
-    auto [gq, gk, gv] = edge_backward(g, edge, shard.edge_rows(k, g, edge),
-                                      shard.edge_rows(v, g, edge), shard.rank,
-                                      edge.rows_of_rank[shard.rank]);
+    auto [gq, gk, gv] =
+        edge_backward(g, edge, shard.edge_rows(k, g, edge), shard.edge_rows(v, g, edge), shard.rank,
+                      edge.rows_of_rank[shard.rank]);
     add_grad_q(g, e, gq);
     shard.edge_rows(grad_k, g, edge).add_(gk.mul_(output_scale));
     shard.edge_rows(grad_v, g, edge).add_(gv.mul_(output_scale));
@@ -215,7 +217,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
     }
   }
   for_each_edge(shard, [&](size_t g, size_t e) {
-    shard.edge_rows(grad_q, g, shard.plan[g].edge_segments[e]).copy_(edge_grad_q[g][e] * output_scale);
+    shard.edge_rows(grad_q, g, shard.plan[g].edge_segments[e])
+        .copy_(edge_grad_q[g][e] * output_scale);
   });
   return_key_value_grads(config.exchange, exchange, grads_by_owner, grad_k, grad_v);
   return {grad_q, grad_k, grad_v};

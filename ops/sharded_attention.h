@@ -29,8 +29,8 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
                                                              const ShardedAttentionConfig& config);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
-    comm::Communicator& comm, const at::Tensor& grad_out, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    comm::Communicator& comm, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const ShardedAttentionConfig& config);
 
 }  // namespace dilated_attention

@@ -64,20 +64,19 @@ void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
 void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,
                            at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates) {
   const auto num_groups = static_cast<int64_t>(segment_lengths.size());
-  TORCH_CHECK_VALUE(num_heads >= num_groups, "num_heads (", num_heads,
-                    ") must be >= num_groups (", num_groups, ")");
+  TORCH_CHECK_VALUE(num_heads >= num_groups, "num_heads (", num_heads, ") must be >= num_groups (",
+                    num_groups, ")");
   const int64_t largest = *std::max_element(segment_lengths.begin(), segment_lengths.end());
   TORCH_CHECK_VALUE(seq_len % largest == 0, "Sequence length (", seq_len,
                     ") must be divisible by the largest segment length (", largest, ")");
   for (int64_t g = 0; g < num_groups; ++g) {
     TORCH_CHECK_VALUE(seq_len % segment_lengths[g] == 0, "Sequence length (", seq_len,
-                      ") must be divisible by segment_lengths[", g, "] (", segment_lengths[g],
-                      ")");
+                      ") must be divisible by segment_lengths[", g, "] (", segment_lengths[g], ")");
     const int64_t offset = group_offset(g, dilation_rates[g]);
-    TORCH_CHECK_VALUE(offset < segment_lengths[g], "dilation_rates[", g, "] (",
-                      dilation_rates[g], ") gives group ", g, " the offset ", offset,
-                      ", which must be smaller than segment_lengths[", g, "] (",
-                      segment_lengths[g], ")");
+    TORCH_CHECK_VALUE(offset < segment_lengths[g], "dilation_rates[", g, "] (", dilation_rates[g],
+                      ") gives group ", g, " the offset ", offset,
+                      ", which must be smaller than segment_lengths[", g, "] (", segment_lengths[g],
+                      ")");
   }
 }
 

@@ -16,7 +16,8 @@ namespace {
 
 enum class Signature {
   kAttention,  // core args + group_name
-  kMultihead,  // query/key/value [B, N, E] + projection weights + num_heads + core args + group_name
+  kMultihead,  // query/key/value [B, N, E] + projection weights + num_heads + core args +
+               // group_name
 };
 
 struct NamedOp {
@@ -107,13 +108,12 @@ at::Tensor multihead_alias(const at::Tensor& query, const at::Tensor& key, const
   static auto target =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("dilated_attention::_multihead_dilated_attention", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-                            const std::optional<at::Tensor>&, const at::Tensor&,
-                            const std::optional<at::Tensor>&, const at::Tensor&,
-                            const std::optional<at::Tensor>&, int64_t, at::IntArrayRef,
-                            at::IntArrayRef, double, bool, std::optional<double>,
-                            c10::string_view, c10::string_view)>();
+          .typed<at::Tensor(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const std::optional<at::Tensor>&, const at::Tensor&, const std::optional<at::Tensor>&,
+              const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
+              const std::optional<at::Tensor>&, int64_t, at::IntArrayRef, at::IntArrayRef, double,
+              bool, std::optional<double>, c10::string_view, c10::string_view)>();
   return target.call(query, key, value, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias,
                      out_weight, out_bias, num_heads, segment_lengths, dilation_rates, dropout_p,
                      is_causal, scale, group_name, kNamedOps[I].backend);
@@ -141,10 +141,11 @@ void implement_named_ops(torch::Library& m, std::index_sequence<I...>) {
 }  // namespace dilated_attention
 
 TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
-  dilated_attention::define_named_ops(m, std::make_index_sequence<dilated_attention::kNumNamedOps>{});
+  dilated_attention::define_named_ops(m,
+                                      std::make_index_sequence<dilated_attention::kNumNamedOps>{});
 }
 
 TORCH_LIBRARY_IMPL(dilated_attention, CompositeImplicitAutograd, m) {
-  dilated_attention::implement_named_ops(m,
-                                         std::make_index_sequence<dilated_attention::kNumNamedOps>{});
+  dilated_attention::implement_named_ops(
+      m, std::make_index_sequence<dilated_attention::kNumNamedOps>{});
 }

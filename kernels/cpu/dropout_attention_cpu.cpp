@@ -1,7 +1,7 @@
 #include "kernels/cpu/dropout_attention_cpu.h"
 
-#include <ATen/OpMathType.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
@@ -42,8 +42,8 @@ at::Tensor slice_as(const at::Tensor& x, int64_t view_batch, int64_t view_head,
 // Turns a block of scaled scores into softmax weights in place (entries above the causal limit
 // become 0) and returns nothing: `lse` gets each row's log-sum-exp, given or computed.
 template <typename acc_t>
-void scores_to_weights(acc_t* scores, int64_t rows, int64_t cols, int64_t first_row,
-                       bool is_causal, acc_t* lse, bool lse_given) {
+void scores_to_weights(acc_t* scores, int64_t rows, int64_t cols, int64_t first_row, bool is_causal,
+                       acc_t* lse, bool lse_given) {
   for (int64_t i = 0; i < rows; ++i) {
     acc_t* row = scores + i * cols;
     const int64_t visible = is_causal ? std::min(cols, first_row + i + 1) : cols;
@@ -117,7 +117,8 @@ void backward_slice(const at::Tensor& grad_out, const at::Tensor& q, const at::T
     const acc_t* dout = dout_block.data_ptr<acc_t>();
     for (int64_t i = 0; i < rows; ++i) {
       acc_t row_dot = 0;
-      for (int64_t d = 0; d < head_dim; ++d) row_dot += dout[i * head_dim + d] * o[i * head_dim + d];
+      for (int64_t d = 0; d < head_dim; ++d)
+        row_dot += dout[i * head_dim + d] * o[i * head_dim + d];
       for (int64_t j = 0; j < key_len; ++j) {
         gw[i * key_len + j] = w[i * key_len + j] * (gw[i * key_len + j] - row_dot);
       }
@@ -138,9 +139,11 @@ void for_each_slice(const at::Tensor& q, const Body& body) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool is_causal, double scale,
-    const DropoutMask& mask, const ViewCoordinates& where) {
+std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(const at::Tensor& q,
+                                                             const at::Tensor& k,
+                                                             const at::Tensor& v, bool is_causal,
+                                                             double scale, const DropoutMask& mask,
+                                                             const ViewCoordinates& where) {
   const auto acc = at::toOpMathType(q.scalar_type());
   auto out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(acc));
@@ -149,8 +152,8 @@ std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(
       auto out_acc = at::empty({q.size(2), q.size(3)}, q.options().dtype(acc));
       forward_slice<scalar_t>(slice_as(q, b, h, acc), slice_as(k, b, h, acc),
                               slice_as(v, b, h, acc), out_acc,
-                              lse.select(0, b).select(0, h).data_ptr<scalar_t>(), is_causal,
-                              scale, mask, slice_coordinates(where, b, h));
+                              lse.select(0, b).select(0, h).data_ptr<scalar_t>(), is_causal, scale,
+                              mask, slice_coordinates(where, b, h));
       out.select(0, b).select(0, h).copy_(out_acc);
     });
   });

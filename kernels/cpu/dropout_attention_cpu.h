@@ -28,9 +28,11 @@ struct ViewCoordinates {
 
 // q, k, v: group views [B * N/s, h_g, L, D]. Returns (output [B * N/s, h_g, L, D] in the input
 // dtype, log-sum-exp [B * N/s, h_g, L] in the accumulation dtype); the output is not divided by G.
-std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool is_causal, double scale,
-    const DropoutMask& mask, const ViewCoordinates& where);
+std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(const at::Tensor& q,
+                                                             const at::Tensor& k,
+                                                             const at::Tensor& v, bool is_causal,
+                                                             double scale, const DropoutMask& mask,
+                                                             const ViewCoordinates& where);
 
 // Gradients of <grad_out, output> for the forward above; `out` is that forward's output.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_attention_backward(

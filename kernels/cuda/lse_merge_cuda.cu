@@ -1,8 +1,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include <cmath>
 
@@ -59,13 +59,12 @@ at::Tensor lse_merge_cuda_(at::Tensor& acc_out, const at::Tensor& acc_lse,
   if (total == 0) return merged_lse;
   const auto blocks = static_cast<unsigned>((total + kThreads - 1) / kThreads);
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, block.scalar_type(), "lse_merge_cuda",
-                                  [&] {
-                                    merge_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-                                        acc_out.data_ptr<float>(), lse.data_ptr<float>(),
-                                        block.data_ptr<scalar_t>(), block_lse_f.data_ptr<float>(),
-                                        merged_lse.data_ptr<float>(), rows, features);
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, block.scalar_type(), "lse_merge_cuda", [&] {
+        merge_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+            acc_out.data_ptr<float>(), lse.data_ptr<float>(), block.data_ptr<scalar_t>(),
+            block_lse_f.data_ptr<float>(), merged_lse.data_ptr<float>(), rows, features);
+      });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return merged_lse;
 }

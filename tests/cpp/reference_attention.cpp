@@ -7,8 +7,8 @@
 
 namespace reference {
 
-at::Tensor dilated_attention(const at::Tensor& q_in, const at::Tensor& k_in,
-                             const at::Tensor& v_in, const std::vector<int64_t>& segment_lengths,
+at::Tensor dilated_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                             const std::vector<int64_t>& segment_lengths,
                              const std::vector<int64_t>& dilation_rates, bool is_causal,
                              std::optional<double> scale) {
   const auto q = q_in.to(torch::kDouble), k = k_in.to(torch::kDouble), v = v_in.to(torch::kDouble);
@@ -36,7 +36,8 @@ at::Tensor dilated_attention(const at::Tensor& q_in, const at::Tensor& k_in,
         const auto qs = q.select(2, h).index_select(1, idx);  // [B, len, D]
         const auto ks = k.select(2, h).index_select(1, idx);
         const auto vs = v.select(2, h).index_select(1, idx);
-        const auto weights = torch::softmax(torch::matmul(qs, ks.transpose(1, 2)) * softmax_scale + mask, -1);
+        const auto weights =
+            torch::softmax(torch::matmul(qs, ks.transpose(1, 2)) * softmax_scale + mask, -1);
         const auto result = torch::matmul(weights, vs) / static_cast<double>(num_groups);
         out.select(2, h).index_copy_(1, idx, result);
       }

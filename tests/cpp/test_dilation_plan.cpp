@@ -54,8 +54,8 @@ TEST_CASE("dilation leaves positions uncovered only when some rate exceeds one",
 TEST_CASE("effective FLOPs count only the dilated work", "[plan]") {
   // 4 * B * h_g * (N / r_g) * (s_g / r_g) * D per group.
   const auto groups = make_head_groups(8, {2048, 4096, 8192}, {1, 2, 4});
-  const double expected = 4.0 * 3 * 16384 * 2048 * 64 + 4.0 * 3 * 8192 * 2048 * 64 +
-                          4.0 * 2 * 4096 * 2048 * 64;
+  const double expected =
+      4.0 * 3 * 16384 * 2048 * 64 + 4.0 * 3 * 8192 * 2048 * 64 + 4.0 * 2 * 4096 * 2048 * 64;
   CHECK(dilated_attention_forward_flops(1, 16384, 64, groups) == expected);
   CHECK(dilated_attention_forward_flops(2, 16384, 64, groups) == 2 * expected);
 }

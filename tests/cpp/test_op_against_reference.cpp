@@ -61,7 +61,7 @@ void check_against_reference(const Case& c, torch::ScalarType dtype, double tole
 const std::vector<Case> kCases = {
     {2, 32, 4, 8, {8, 16}, {1, 2}, false, std::nullopt},
     {1, 48, 5, 16, {6, 12, 24}, {1, 2, 3}, true, std::nullopt},  // uneven heads, offsets
-    {2, 24, 7, 8, {6, 12}, {4, 2}, false, 0.3},                    // s not a multiple of r
+    {2, 24, 7, 8, {6, 12}, {4, 2}, false, 0.3},                  // s not a multiple of r
     {1, 64, 3, 24, {16, 32, 64}, {2, 2, 4}, true, 0.2},
     {1, 16, 2, 8, {16}, {1}, true, std::nullopt},  // plain causal attention
 };
@@ -91,10 +91,11 @@ TEST_CASE("non-contiguous inputs give the same result", "[op]") {
   const auto v = torch::randn({32, 2, 5, 16}, torch::kDouble).transpose(0, 1);
   const std::vector<int64_t> segments{8, 16}, rates{1, 2};
   const auto strided = dilated_attention::dilated_attention(q, k, v, segments, rates, 0.0, true);
-  const auto dense = dilated_attention::dilated_attention(q.contiguous(), k.contiguous(),
-                                                          v.contiguous(), segments, rates, 0.0, true);
+  const auto dense = dilated_attention::dilated_attention(
+      q.contiguous(), k.contiguous(), v.contiguous(), segments, rates, 0.0, true);
   CHECK(torch::equal(strided, dense));
-  CHECK(max_error(strided, reference::dilated_attention(q, k, v, segments, rates, true, {})) < 1e-10);
+  CHECK(max_error(strided, reference::dilated_attention(q, k, v, segments, rates, true, {})) <
+        1e-10);
 }
 
 TEST_CASE("an empty sequence gives an empty result", "[op]") {

@@ -52,15 +52,20 @@ TEST_CASE("argument errors name the argument and the expected value", "[validati
   CHECK(mentions(error({8, 1}, {1, 2}),
                  "dilation_rates[1] (2) gives group 1 the offset 1, which must be smaller than "
                  "segment_lengths[1] (1)"));
-  CHECK(mentions(error({4, 4, 4, 4, 4}, {1, 1, 1, 1, 1}), "num_heads (4) must be >= num_groups (5)"));
+  CHECK(
+      mentions(error({4, 4, 4, 4, 4}, {1, 1, 1, 1, 1}), "num_heads (4) must be >= num_groups (5)"));
 }
 
 TEST_CASE("tensor errors: shapes, devices and dtypes", "[validation]") {
   using dilated_attention::dilated_attention;
   const auto q = qkv();
-  CHECK(mentions(value_error_of([&] { dilated_attention(q, qkv({1, 16, 4, 4}), q, {8}, {1}); }),
+  CHECK(mentions(value_error_of([&] {
+                   dilated_attention(q, qkv({1, 16, 4, 4}), q, {8}, {1});
+                 }),
                  "Shape mismatch at dimension 3: query has size 8, key has size 4"));
-  CHECK(mentions(value_error_of([&] { dilated_attention(q, q, qkv({2, 16, 4, 8}), {8}, {1}); }),
+  CHECK(mentions(value_error_of([&] {
+                   dilated_attention(q, q, qkv({2, 16, 4, 8}), {8}, {1});
+                 }),
                  "Shape mismatch at dimension 0: query has size 1, value has size 2"));
   CHECK(mentions(value_error_of([&] { dilated_attention(q, q.to(torch::kDouble), q, {8}, {1}); }),
                  "Dtype mismatch"));

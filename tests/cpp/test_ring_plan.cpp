@@ -23,7 +23,8 @@ bool same(const RowRange& a, int64_t first, int64_t count) {
 using BlockTuple = std::tuple<int64_t, int64_t, int64_t, int64_t>;
 std::vector<BlockTuple> as_tuples(const std::vector<BlockRef>& blocks) {
   std::vector<BlockTuple> out;
-  for (const auto& b : blocks) out.emplace_back(b.group_index, b.segment, b.rows.first, b.rows.count);
+  for (const auto& b : blocks)
+    out.emplace_back(b.group_index, b.segment, b.rows.first, b.rows.count);
   return out;
 }
 
@@ -48,7 +49,8 @@ TEST_CASE("segments inside every shard need no edges and no blocks", "[ring_plan
     CHECK(plan[1].num_inner_segments == 2);
     CHECK(plan[0].edge_segments.empty());
     CHECK(plan[1].edge_segments.empty());
-    for (bool causal : {false, true}) CHECK(blocks_needed(groups, layout, rank, 1 - rank, causal).empty());
+    for (bool causal : {false, true})
+      CHECK(blocks_needed(groups, layout, rank, 1 - rank, causal).empty());
   }
   CHECK(payload_elements({}, groups, 2, 8) == 0);
 }
@@ -92,7 +94,8 @@ TEST_CASE("dilated spanning segment: rows follow the positions o + j*r", "[ring_
   CHECK(dilated_rows_in(groups[0], 1, 0, 8).empty());
   CHECK(as_tuples(blocks_needed(groups, layout, 2, 3, false)) ==
         std::vector<BlockTuple>{{0, 1, 4, 4}, {1, 0, 6, 2}});
-  CHECK(as_tuples(blocks_needed(groups, layout, 0, 3, false)) == std::vector<BlockTuple>{{1, 0, 6, 2}});
+  CHECK(as_tuples(blocks_needed(groups, layout, 0, 3, false)) ==
+        std::vector<BlockTuple>{{1, 0, 6, 2}});
   // 2 heads per group, B = 1, D = 4: (4 * 2 + 2 * 2) * 4.
   CHECK(payload_elements(blocks_needed(groups, layout, 2, 3, false), groups, 1, 4) == 48);
 }
@@ -110,11 +113,14 @@ TEST_CASE("misaligned segments: s = 16 with shards of 24", "[ring_plan]") {
   CHECK(plan1[0].first_inner_segment == 2);
   CHECK(plan1[0].num_inner_segments == 1);
   CHECK(edge_segments(plan1[0]) == std::vector<int64_t>{1});
-  CHECK(as_tuples(blocks_needed(groups, layout, 0, 1, false)) == std::vector<BlockTuple>{{0, 1, 8, 8}});
-  CHECK(as_tuples(blocks_needed(groups, layout, 1, 0, false)) == std::vector<BlockTuple>{{0, 1, 0, 8}});
+  CHECK(as_tuples(blocks_needed(groups, layout, 0, 1, false)) ==
+        std::vector<BlockTuple>{{0, 1, 8, 8}});
+  CHECK(as_tuples(blocks_needed(groups, layout, 1, 0, false)) ==
+        std::vector<BlockTuple>{{0, 1, 0, 8}});
   // Causal: only the later rank receives, and only from the earlier one.
   CHECK(blocks_needed(groups, layout, 0, 1, true).empty());
-  CHECK(as_tuples(blocks_needed(groups, layout, 1, 0, true)) == std::vector<BlockTuple>{{0, 1, 0, 8}});
+  CHECK(as_tuples(blocks_needed(groups, layout, 1, 0, true)) ==
+        std::vector<BlockTuple>{{0, 1, 0, 8}});
 }
 
 TEST_CASE("r = 2: a segment crossing a boundary whose dilated rows do not", "[ring_plan]") {
@@ -139,11 +145,16 @@ TEST_CASE("r = 2: a segment crossing a boundary whose dilated rows do not", "[ri
   CHECK(edge_segments(plan3[1]) == std::vector<int64_t>{3});  // {13 | 15}
   // Only segments whose dilated rows lie on both ranks make blocks: group 1 segment 1 (rank 1
   // only) and group 0 segment 3 (rank 2 only) never travel.
-  CHECK(as_tuples(blocks_needed(groups, layout, 0, 1, false)) == std::vector<BlockTuple>{{0, 1, 1, 1}});
-  CHECK(as_tuples(blocks_needed(groups, layout, 1, 0, false)) == std::vector<BlockTuple>{{0, 1, 0, 1}});
-  CHECK(as_tuples(blocks_needed(groups, layout, 2, 3, false)) == std::vector<BlockTuple>{{1, 3, 1, 1}});
-  CHECK(as_tuples(blocks_needed(groups, layout, 3, 2, false)) == std::vector<BlockTuple>{{1, 3, 0, 1}});
-  CHECK(as_tuples(blocks_needed(groups, layout, 3, 2, true)) == std::vector<BlockTuple>{{1, 3, 0, 1}});
+  CHECK(as_tuples(blocks_needed(groups, layout, 0, 1, false)) ==
+        std::vector<BlockTuple>{{0, 1, 1, 1}});
+  CHECK(as_tuples(blocks_needed(groups, layout, 1, 0, false)) ==
+        std::vector<BlockTuple>{{0, 1, 0, 1}});
+  CHECK(as_tuples(blocks_needed(groups, layout, 2, 3, false)) ==
+        std::vector<BlockTuple>{{1, 3, 1, 1}});
+  CHECK(as_tuples(blocks_needed(groups, layout, 3, 2, false)) ==
+        std::vector<BlockTuple>{{1, 3, 0, 1}});
+  CHECK(as_tuples(blocks_needed(groups, layout, 3, 2, true)) ==
+        std::vector<BlockTuple>{{1, 3, 0, 1}});
   CHECK(blocks_needed(groups, layout, 2, 3, true).empty());
 }
 
@@ -184,7 +195,8 @@ TEST_CASE("causal blocks only ever come from earlier ranks", "[ring_plan]") {
   }
 }
 
-TEST_CASE("random layouts: the plan covers every dilated position once, blocks match", "[ring_plan]") {
+TEST_CASE("random layouts: the plan covers every dilated position once, blocks match",
+          "[ring_plan]") {
   std::mt19937 rng(1234);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   int checked = 0;
@@ -192,7 +204,8 @@ TEST_CASE("random layouts: the plan covers every dilated position once, blocks m
     const int p = pick(1, 4);
     const int64_t n = pick(1, 12), seq = n * p;
     std::vector<int64_t> divisors;
-    for (int64_t d = 1; d <= seq; ++d) if (seq % d == 0) divisors.push_back(d);
+    for (int64_t d = 1; d <= seq; ++d)
+      if (seq % d == 0) divisors.push_back(d);
     const int num_groups = pick(1, 3);
     std::vector<int64_t> segs, rates;
     bool valid = true;
@@ -215,14 +228,19 @@ TEST_CASE("random layouts: the plan covers every dilated position once, blocks m
       for (int rank = 0; rank < p; ++rank) {
         const auto plan = plan_shard_work(groups, layout, rank);  // kept alive: work refers into it
         const auto& work = plan[group.index];
-        for (int64_t t = work.first_inner_segment; t < work.first_inner_segment + work.num_inner_segments; ++t) {
-          for (auto pos : segment_positions(group, t)) { ++seen[pos]; CHECK(owner(pos) == rank); }
+        for (int64_t t = work.first_inner_segment;
+             t < work.first_inner_segment + work.num_inner_segments; ++t) {
+          for (auto pos : segment_positions(group, t)) {
+            ++seen[pos];
+            CHECK(owner(pos) == rank);
+          }
         }
         for (const auto& edge : work.edge_segments) {
           const auto& mine = edge.rows_of_rank[rank];
           CHECK(!mine.empty());
           for (int64_t j = mine.first; j < mine.first + mine.count; ++j) {
-            const int64_t pos = edge.segment * group.segment_length + group.offset + j * group.dilation_rate;
+            const int64_t pos =
+                edge.segment * group.segment_length + group.offset + j * group.dilation_rate;
             ++seen[pos];
             CHECK(owner(pos) == rank);
           }
@@ -250,8 +268,10 @@ TEST_CASE("random layouts: the plan covers every dilated position once, blocks m
                 if (owner(pos[j]) == sender) rows.push_back(static_cast<int64_t>(j));
               }
               if (!receiver_has || rows.empty()) continue;
-              CHECK(rows.back() - rows.front() + 1 == static_cast<int64_t>(rows.size()));  // contiguous
-              expected.emplace_back(group.index, t, rows.front(), static_cast<int64_t>(rows.size()));
+              CHECK(rows.back() - rows.front() + 1 ==
+                    static_cast<int64_t>(rows.size()));  // contiguous
+              expected.emplace_back(group.index, t, rows.front(),
+                                    static_cast<int64_t>(rows.size()));
               elements += 2 * static_cast<int64_t>(rows.size()) * group.num_heads * 3;
             }
           }

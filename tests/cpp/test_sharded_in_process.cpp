@@ -88,8 +88,9 @@ std::vector<RankResult> run_sharded(const Case& c, const ShardedAttentionConfig&
             sharded_attention_forward(comm, shard(in.q), shard(in.k), shard(in.v), config);
         res.forward_bytes = comm.bytes_sent();
         comm.reset_bytes_sent();
-        std::tie(res.grad_q, res.grad_k, res.grad_v) = sharded_attention_backward(
-            comm, shard(in.grad_out), shard(in.q), shard(in.k), shard(in.v), res.out, res.lse, config);
+        std::tie(res.grad_q, res.grad_k, res.grad_v) =
+            sharded_attention_backward(comm, shard(in.grad_out), shard(in.q), shard(in.k),
+                                       shard(in.v), res.out, res.lse, config);
         res.backward_bytes = comm.bytes_sent();
       } catch (...) {
         errors[r] = std::current_exception();
@@ -109,9 +110,12 @@ double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
 
 const char* kind_name(ExchangeKind kind) {
   switch (kind) {
-    case ExchangeKind::kSegmentRing: return "segment ring";
-    case ExchangeKind::kFullRing: return "full ring";
-    case ExchangeKind::kAllGather: return "all_gather";
+    case ExchangeKind::kSegmentRing:
+      return "segment ring";
+    case ExchangeKind::kFullRing:
+      return "full ring";
+    case ExchangeKind::kAllGather:
+      return "all_gather";
   }
   return "?";
 }
@@ -133,7 +137,8 @@ TEST_CASE("sharded forward and backward match the single-device kernel", "[shard
       auto [out, lse] = dilated_attention_forward_kernel(in.q, in.k, in.v, reference);
       auto [gq, gk, gv] =
           dilated_attention_backward_kernel(in.grad_out, in.q, in.k, in.v, out, lse, reference);
-      for (auto kind : {ExchangeKind::kSegmentRing, ExchangeKind::kFullRing, ExchangeKind::kAllGather}) {
+      for (auto kind :
+           {ExchangeKind::kSegmentRing, ExchangeKind::kFullRing, ExchangeKind::kAllGather}) {
         INFO(c.name << ", P=" << c.world_size << ", causal=" << causal << ", " << kind_name(kind));
         const auto results = run_sharded(c, config_for(c, heads, causal, kind), in);
         for (int r = 0; r < c.world_size; ++r) {
@@ -150,7 +155,8 @@ TEST_CASE("sharded forward and backward match the single-device kernel", "[shard
   }
 }
 
-TEST_CASE("segment ring sends nothing for local segments and less than the full ring", "[sharded]") {
+TEST_CASE("segment ring sends nothing for local segments and less than the full ring",
+          "[sharded]") {
   for (const auto& c : cases()) {
     const int64_t heads = static_cast<int64_t>(c.segments.size()) + 1;
     const auto in = make_inputs(c, heads);
@@ -159,7 +165,8 @@ TEST_CASE("segment ring sends nothing for local segments and less than the full 
     const int64_t full_ring_forward = 2 * (c.world_size - 1) * shard_bytes;
     for (bool causal : {false, true}) {
       INFO(c.name << ", P=" << c.world_size << ", causal=" << causal);
-      const auto segment = run_sharded(c, config_for(c, heads, causal, ExchangeKind::kSegmentRing), in);
+      const auto segment =
+          run_sharded(c, config_for(c, heads, causal, ExchangeKind::kSegmentRing), in);
       const auto full = run_sharded(c, config_for(c, heads, causal, ExchangeKind::kFullRing), in);
       int64_t segment_total = 0, full_total = 0;
       for (int r = 0; r < c.world_size; ++r) {
@@ -186,7 +193,8 @@ namespace {
 // Plain attention of q over k, v: (out [..., L, D], lse [..., L]).
 std::pair<torch::Tensor, torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k,
                                                const torch::Tensor& v) {
-  const auto scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(q.size(-1)));
+  const auto scores =
+      torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(q.size(-1)));
   return {torch::matmul(torch::softmax(scores, -1), v), torch::logsumexp(scores, -1)};
 }
 
