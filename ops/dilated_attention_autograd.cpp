@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "ops/dilated_attention_op.h"
+#include "ops/saved_attention_args.h"
 
 namespace dilated_attention {
 namespace {
@@ -23,11 +24,8 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
     auto [output, softmax_lse, rng_state] = call_dilated_attention_forward(
         query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
     ctx->save_for_backward({query, key, value, output, softmax_lse, rng_state});
-    ctx->saved_data["segment_lengths"] = segment_lengths.vec();
-    ctx->saved_data["dilation_rates"] = dilation_rates.vec();
-    ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->saved_data["is_causal"] = is_causal;
-    ctx->saved_data["scale"] = scale;
+    SavedAttentionArgs{segment_lengths.vec(), dilation_rates.vec(), dropout_p, is_causal, scale}
+        .save(ctx);
     return output;
   }
 
@@ -36,15 +34,10 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
     const auto& grad_output = grad_outputs[0];
     if (!grad_output.defined())
       return {at::Tensor(), at::Tensor(), at::Tensor(), {}, {}, {}, {}, {}};
-    const auto segment_lengths = ctx->saved_data["segment_lengths"].toIntVector();
-    const auto dilation_rates = ctx->saved_data["dilation_rates"].toIntVector();
-    const auto scale_value = ctx->saved_data["scale"];
-    const std::optional<double> scale =
-        scale_value.isNone() ? std::nullopt : std::optional<double>(scale_value.toDouble());
+    const auto args = SavedAttentionArgs::load(ctx);
     auto [grad_query, grad_key, grad_value] = call_dilated_attention_backward(
-        grad_output, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], segment_lengths,
-        dilation_rates, ctx->saved_data["dropout_p"].toDouble(),
-        ctx->saved_data["is_causal"].toBool(), scale);
+        grad_output, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
+        args.segment_lengths, args.dilation_rates, args.dropout_p, args.is_causal, args.scale);
     return {grad_query,   grad_key,     grad_value,   at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "ops/distributed_attention_op.h"
+#include "ops/saved_attention_args.h"
 
 namespace dilated_attention {
 namespace {
@@ -25,11 +26,8 @@ class DistributedAttentionFunction
         call_distributed_forward(query, key, value, segment_lengths, dilation_rates, dropout_p,
                                  is_causal, scale, group_name, backend);
     ctx->save_for_backward({query, key, value, output, softmax_lse, rng_state});
-    ctx->saved_data["segment_lengths"] = segment_lengths.vec();
-    ctx->saved_data["dilation_rates"] = dilation_rates.vec();
-    ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->saved_data["is_causal"] = is_causal;
-    ctx->saved_data["scale"] = scale;
+    SavedAttentionArgs{segment_lengths.vec(), dilation_rates.vec(), dropout_p, is_causal, scale}
+        .save(ctx);
     ctx->saved_data["group_name"] = std::string(group_name);
     ctx->saved_data["backend"] = std::string(backend);
     return output;
@@ -37,17 +35,13 @@ class DistributedAttentionFunction
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    const auto scale_value = ctx->saved_data["scale"];
-    const std::optional<double> scale =
-        scale_value.isNone() ? std::nullopt : std::optional<double>(scale_value.toDouble());
+    const auto args = SavedAttentionArgs::load(ctx);
     // Every rank must take part in backward's exchange, so an undefined gradient is zeros.
     const auto grad_output = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(saved[3]);
     auto [grad_query, grad_key, grad_value] = call_distributed_backward(
         grad_output, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
-        ctx->saved_data["segment_lengths"].toIntVector(),
-        ctx->saved_data["dilation_rates"].toIntVector(), ctx->saved_data["dropout_p"].toDouble(),
-        ctx->saved_data["is_causal"].toBool(), scale, ctx->saved_data["group_name"].toStringRef(),
-        ctx->saved_data["backend"].toStringRef());
+        args.segment_lengths, args.dilation_rates, args.dropout_p, args.is_causal, args.scale,
+        ctx->saved_data["group_name"].toStringRef(), ctx->saved_data["backend"].toStringRef());
     return {grad_query, grad_key, grad_value, {}, {}, {}, {}, {}, {}, {}};
   }
 };

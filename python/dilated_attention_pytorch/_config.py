@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def validate_dilation_config(
@@ -47,3 +48,22 @@ def reject_mask_message(name: str) -> str:
         name + " is not supported by dilated attention (each segment attends within itself); "
         "pass is_causal=True for causal masking, or None"
     )
+
+
+def set_attention_attributes(module: nn.Module, segment_lengths: Sequence[int],
+                             dilation_rates: Sequence[int], dropout: float,
+                             softmax_scale: Optional[float]) -> None:
+    """Validates the configuration and stores what the module passes to the op."""
+    validate_dilation_config(segment_lengths, dilation_rates, dropout)
+    module.segment_lengths = as_int_list(segment_lengths)
+    module.dilation_rates = as_int_list(dilation_rates)
+    module.dropout = float(dropout)
+    module.softmax_scale = None if softmax_scale is None else float(softmax_scale)
+
+
+def init_projections(*projections: nn.Linear, gain: float) -> None:
+    """xavier_normal_ weights with `gain`, zero biases (what checkpoints of these classes use)."""
+    for projection in projections:
+        nn.init.xavier_normal_(projection.weight, gain=gain)
+        if projection.bias is not None:
+            nn.init.zeros_(projection.bias)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from . import _library
-from ._config import as_int_list, resolve_group_name, validate_dilation_config
+from ._config import resolve_group_name, set_attention_attributes
 from ._deprecation import warn_deprecated
 
 _library.load_library()
@@ -37,11 +37,7 @@ class DistributedAttentionBase(nn.Module):
             warn_deprecated(type(self).__name__)
         super().__init__()
         self.backend = self.BACKEND
-        validate_dilation_config(segment_lengths, dilation_rates, dropout)
-        self.segment_lengths = as_int_list(segment_lengths)
-        self.dilation_rates = as_int_list(dilation_rates)
-        self.dropout = float(dropout)
-        self.softmax_scale = None if softmax_scale is None else float(softmax_scale)
+        set_attention_attributes(self, segment_lengths, dilation_rates, dropout, softmax_scale)
         self.group_name = resolve_group_name(process_group, ring_size)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

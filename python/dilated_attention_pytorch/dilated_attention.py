@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from . import _library
-from ._config import as_int_list, reject_mask_message, validate_dilation_config
+from ._config import reject_mask_message, set_attention_attributes
 
 _library.load_library()
 
@@ -33,11 +33,8 @@ class DilatedAttention(nn.Module):
         super().__init__()
         if op is not None:
             raise ValueError("op is not supported: the attention kernel is chosen by the library")
-        validate_dilation_config(segment_lengths, dilation_rates, attention_dropout)
-        self.segment_lengths = as_int_list(segment_lengths)
-        self.dilation_rates = as_int_list(dilation_rates)
-        self.softmax_scale = None if softmax_scale is None else float(softmax_scale)
-        self.dropout = float(attention_dropout)
+        set_attention_attributes(self, segment_lengths, dilation_rates, attention_dropout,
+                                 softmax_scale)
 
     def forward(
         self,

@@ -6,7 +6,12 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ._config import as_int_list, reject_mask_message, resolve_group_name, validate_dilation_config
+from ._config import (
+    init_projections,
+    reject_mask_message,
+    resolve_group_name,
+    set_attention_attributes,
+)
 from ._deprecation import warn_deprecated
 from ._distributed_base import DistributedAttentionBase
 from .multihead_dilated_attention import check_heads
@@ -45,21 +50,14 @@ class DistributedImprovedMultiheadDilatedAttention(nn.Module):
         super().__init__()
         check_heads(embed_dim, num_heads)
         self.num_heads = num_heads
-        validate_dilation_config(segment_lengths, dilation_rates, dropout)
-        self.segment_lengths = as_int_list(segment_lengths)
-        self.dilation_rates = as_int_list(dilation_rates)
-        self.dropout = float(dropout)
-        self.softmax_scale = None if softmax_scale is None else float(softmax_scale)
+        set_attention_attributes(self, segment_lengths, dilation_rates, dropout, softmax_scale)
         self.group_name = resolve_group_name(process_group, None)
         factory = {"device": device, "dtype": dtype}
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
         self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
         self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_normal_(proj.weight, gain=gamma_init)
-            if proj.bias is not None:
-                nn.init.zeros_(proj.bias)
+        init_projections(self.q_proj, self.k_proj, self.v_proj, self.out_proj, gain=gamma_init)
 
     def forward(self, query: torch.Tensor, key: Optional[torch.Tensor] = None,
                 value: Optional[torch.Tensor] = None, is_causal: bool = False,

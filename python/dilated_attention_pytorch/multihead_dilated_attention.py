@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ._config import reject_mask_message
+from ._config import init_projections, reject_mask_message
 from .dilated_attention import DilatedAttention
 
 
@@ -76,10 +76,7 @@ class MultiheadDilatedAttention(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
-        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_normal_(proj.weight, gain=self.gamma_init)
-            if proj.bias is not None:
-                nn.init.zeros_(proj.bias)
+        init_projections(self.q_proj, self.k_proj, self.v_proj, self.out_proj, gain=self.gamma_init)
 
     def forward(
         self,

@@ -5,7 +5,12 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ._config import as_int_list, reject_mask_message, resolve_group_name, validate_dilation_config
+from ._config import (
+    init_projections,
+    reject_mask_message,
+    resolve_group_name,
+    set_attention_attributes,
+)
 from .multihead_dilated_attention import check_heads
 
 
@@ -39,13 +44,9 @@ class RingMultiheadDilatedAttention(nn.Module):
     ):
         super().__init__()
         self.head_dim = check_heads(embed_dim, num_heads)
-        validate_dilation_config(segment_lengths, dilation_rates, dropout)
+        set_attention_attributes(self, segment_lengths, dilation_rates, dropout, softmax_scale)
         self.embed_dim = embed_dim
         self.num_heads = num_heads
-        self.segment_lengths = as_int_list(segment_lengths)
-        self.dilation_rates = as_int_list(dilation_rates)
-        self.dropout = float(dropout)
-        self.softmax_scale = None if softmax_scale is None else float(softmax_scale)
         self.batch_first = batch_first
         self.use_layer_norm = layer_norm
         self.group_name = resolve_group_name(process_group, ring_size)
@@ -53,11 +54,7 @@ class RingMultiheadDilatedAttention(nn.Module):
         self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias, **factory)
         self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps, **factory) if layer_norm else nn.Identity()
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        nn.init.xavier_normal_(self.qkv_proj.weight, gain=gamma_init)
-        nn.init.xavier_normal_(self.out_proj.weight, gain=gamma_init)
-        for proj in (self.qkv_proj, self.out_proj):
-            if proj.bias is not None:
-                nn.init.zeros_(proj.bias)
+        init_projections(self.qkv_proj, self.out_proj, gain=gamma_init)
 
     def forward(
         self,
