@@ -36,7 +36,7 @@ fi
 
 if "$VENV/bin/python" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then
   # The C++20 CUDA dialect that torch 2.14's headers need wants CMake >= 3.28.
-  "$VENV/bin/python" -c "import cmake" 2>/dev/null || "$VENV/bin/pip" install -q "cmake>=3.28,<4"
+  [ -x "$VENV/bin/cmake" ] || "$VENV/bin/pip" install -q "cmake>=3.28,<4"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
 
