@@ -14,6 +14,13 @@ DistributedBackend parse_backend(const std::string& backend) {
   if (backend == "segment_ring") return DistributedBackend::kSegmentRing;
   if (backend == "full_ring") return DistributedBackend::kFullRing;
   if (backend == "segment_ring_checked") return DistributedBackend::kCheckedSegmentRing;
+#ifdef DILATED_ATTENTION_WITHOUT_DEPRECATED
+  const bool legacy =
+      backend == "all_gather" || backend == "replicated_rows" || backend == "replicated_heads";
+  TORCH_CHECK_VALUE(!legacy, "backend '", backend,
+                    "' served the deprecated all_gather implementations, which this build leaves "
+                    "out (DILATED_ATTENTION_WITHOUT_DEPRECATED); use segment_ring");
+#endif
   if (backend == "all_gather") return DistributedBackend::kAllGather;
   if (backend == "replicated_rows") return DistributedBackend::kReplicatedRows;
   if (backend == "replicated_heads") return DistributedBackend::kReplicatedHeads;

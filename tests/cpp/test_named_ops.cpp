@@ -1,0 +1,95 @@
+// The table of distributed op names (registration/named_ops.cpp), through the dispatcher from
+// plain C++: every name exists with the core arguments plus group_name, runs on one process
+// (group_name ""), equals the core op, and the deprecated names warn exactly once.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "catch_compat.h"
+#include "ops/dilated_attention.h"
+
+namespace {
+
+struct NamedOp {
+  const char* name;
+  const char* deprecated_class;  // nullptr: never warns
+};
+
+const std::vector<NamedOp> kAttentionNames = {
+    {"ring_dilated_attention_hybrid_optimized_v2", nullptr},
+    {"ring_dilated_attention_hybrid_optimized", nullptr},
+    {"ring_dilated_attention_production", nullptr},
+#ifndef DILATED_ATTENTION_WITHOUT_DEPRECATED
+    {"ring_dilated_attention_v2_collective", "RingDilatedAttentionV2Collective"},
+    {"hilbert_ring_dilated_attention", "HilbertRingDilatedAttention"},
+    {"distributed_improved_dilated_attention", "DistributedImprovedDilatedAttention"},
+    {"head_parallel_dilated_attention", "HeadParallelDilatedAttention"},
+#endif
+};
+
+// Collects the warnings raised while it is installed.
+class RecordingHandler : public c10::WarningHandler {
+ public:
+  void process(const c10::Warning& warning) override { messages.push_back(warning.msg()); }
+  std::vector<std::string> messages;
+};
+
+at::Tensor call_named(const char* name, const at::Tensor& q) {
+  auto op = c10::Dispatcher::singleton()
+                .findSchemaOrThrow((std::string("dilated_attention::") + name).c_str(), "")
+                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  at::IntArrayRef, at::IntArrayRef, double, bool,
+                                  std::optional<double>, c10::string_view)>();
+  return op.call(q, q, q, {8, 16}, {1, 2}, 0.0, true, std::nullopt, "");
+}
+
+}  // namespace
+
+TEST_CASE("deprecated names warn once with the notice's text; recommended names never",
+          "[named_ops]") {
+  const auto q = torch::randn({1, 32, 4, 8});
+  for (const auto& op : kAttentionNames) {
+    INFO(op.name);
+    RecordingHandler handler;
+    {
+      c10::WarningUtils::WarningHandlerGuard guard(&handler);
+      call_named(op.name, q);
+      call_named(op.name, q);
+    }
+    if (op.deprecated_class == nullptr) {
+      CHECK(handler.messages.empty());
+      continue;
+    }
+    // Once per process (this test case runs first, and ctest runs each case in its own process).
+    CHECK(handler.messages.size() == 1);
+    for (const auto& message : handler.messages) {
+      CHECK(message == std::string(op.deprecated_class) +
+                           " is deprecated. This implementation uses all_gather which has poor "
+                           "performance characteristics. Please use "
+                           "RingDilatedAttentionHybridOptimizedV2 or other ring implementations "
+                           "that use isend/irecv for better performance.");
+    }
+    c10::WarningUtils::set_warnAlways(true);
+    RecordingHandler always;
+    {
+      c10::WarningUtils::WarningHandlerGuard guard(&always);
+      call_named(op.name, q);
+      call_named(op.name, q);
+    }
+    c10::WarningUtils::set_warnAlways(false);
+    CHECK(always.messages.size() == 2);
+  }
+}
+
+TEST_CASE("every named distributed op equals the core op on one process", "[named_ops]") {
+  torch::manual_seed(0);
+  const auto q = torch::randn({1, 32, 4, 8}, torch::kDouble);
+  const auto expected = dilated_attention::dilated_attention(q, q, q, {8, 16}, {1, 2}, 0.0, true);
+  for (const auto& op : kAttentionNames) {
+    INFO(op.name);
+    CHECK(torch::allclose(call_named(op.name, q), expected, 0.0, 1e-12));
+  }
+}
