@@ -93,3 +93,14 @@ TEST_CASE("every named distributed op equals the core op on one process", "[name
     CHECK(torch::allclose(call_named(op.name, q), expected, 0.0, 1e-12));
   }
 }
+
+TEST_CASE("the public header's wrappers reach the sharded ops", "[named_ops]") {
+  const auto q = torch::randn({1, 32, 4, 8}, torch::kDouble);
+  const auto expected = dilated_attention::dilated_attention(q, q, q, {8, 16}, {1, 2});
+  CHECK(torch::allclose(
+      dilated_attention::ring_dilated_attention_hybrid_optimized_v2(q, q, q, {8, 16}, {1, 2}),
+      expected, 0.0, 1e-12));
+  CHECK(torch::allclose(
+      dilated_attention::ring_dilated_attention_production(q, q, q, {8, 16}, {1, 2}), expected, 0.0,
+      1e-12));
+}
