@@ -7,7 +7,7 @@
 #include <optional>
 #include <vector>
 
-#include "kernels/dilation_plan.h"
+#include "kernels/index/dilation_plan.h"
 
 namespace bench {
 

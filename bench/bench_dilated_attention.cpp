@@ -12,8 +12,8 @@
 #include "bench/bench_options.h"
 #include "bench/report.h"
 #include "bench/timing.h"
-#include "kernels/dilation_plan.h"
-#include "ops/dilated_attention.h"
+#include "kernels/index/dilation_plan.h"
+#include <dilated_attention/ops.h>
 
 namespace {
 

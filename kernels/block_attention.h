@@ -1,25 +1,16 @@
-// One batched attention call over [B', h, Lq, D] query and [B', h, Lk, D] key/value views,
-// returning the unnormalised pieces every caller needs: the output and the per-row
-// log-sum-exp (for backward, and for merging blocks of a ring). It picks the kernel: ATen's
-// flash attention where it serves, our dropout kernel when dropout_p > 0.
+// One batched attention call over [B', h, Lq, D] query and [B', h, Lk, D] key/value views, run
+// by the kernels of the tensors' device (kernels/device_kernels.h), returning what every caller
+// needs: the output and the per-row log-sum-exp (for backward, and for merging the blocks of a
+// ring).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <tuple>
 
-#include "kernels/cpu/dropout_attention_cpu.h"
-#include "kernels/dropout_mask.h"
+#include "kernels/block_options.h"
 
 namespace dilated_attention {
-
-struct BlockOptions {
-  // Causal blocks are square and diagonal: query row i sees key rows 0..i.
-  bool is_causal = false;
-  double scale = 1.0;
-  const DropoutMask* dropout = nullptr;  // null or p == 0: no dropout
-  ViewCoordinates where;                 // global coordinates of the rows, for the mask
-};
 
 // Returns (output [B', h, Lq, D] in the input dtype, log-sum-exp [B', h, Lq] in the
 // accumulation dtype).

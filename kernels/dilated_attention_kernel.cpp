@@ -5,7 +5,7 @@
 #include <ATen/ops/zeros.h>
 
 #include "kernels/block_attention.h"
-#include "kernels/dropout_mask.h"
+#include "kernels/index/dropout_mask.h"
 #include "kernels/group_views.h"
 
 namespace dilated_attention {

@@ -9,7 +9,7 @@
 #include <tuple>
 #include <vector>
 
-#include "kernels/dilation_plan.h"
+#include "kernels/index/dilation_plan.h"
 
 namespace dilated_attention {
 

@@ -7,7 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "kernels/dilation_plan.h"
+#include "kernels/index/dilation_plan.h"
 
 namespace dilated_attention {
 

@@ -7,11 +7,7 @@
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
 
-#include <limits>
-
-#ifdef DILATED_ATTENTION_WITH_CUDA
-#include "kernels/cuda/lse_merge_cuda.h"
-#endif
+#include "kernels/device_kernels.h"
 
 namespace dilated_attention {
 namespace {
@@ -23,28 +19,29 @@ at::Tensor block_weight(const at::Tensor& lse, const at::Tensor& total) {
   return at::where(fully_masked(total), at::zeros_like(total), at::exp(lse - total)).unsqueeze(-1);
 }
 
+// Rows of a fully masked block may hold anything (even NaN): zero them before they count.
+at::Tensor masked_rows_zeroed(const at::Tensor& out, const at::Tensor& lse) {
+  return at::where(fully_masked(lse).unsqueeze(-1), at::zeros_like(out), out)
+      .to(lse.scalar_type());
+}
+
 }  // namespace
+
+at::Tensor lse_merge_aten_(at::Tensor& acc_out, const at::Tensor& acc_lse,
+                           const at::Tensor& block_out, const at::Tensor& block_lse) {
+  const auto total = at::logaddexp(acc_lse, block_lse);
+  acc_out = acc_out * block_weight(acc_lse, total) +
+            masked_rows_zeroed(block_out, block_lse) * block_weight(block_lse, total);
+  return total;
+}
 
 void LseAccumulator::add(const at::Tensor& out, const at::Tensor& lse) {
   if (empty()) {
-    // Rows of a fully masked block may hold anything (even NaN): zero them before they count.
-    out_ = at::where(fully_masked(lse).unsqueeze(-1), at::zeros_like(out), out)
-               .to(lse.scalar_type())
-               .contiguous();
+    out_ = masked_rows_zeroed(out, lse).contiguous();
     lse_ = lse.contiguous().clone();
     return;
   }
-#ifdef DILATED_ATTENTION_WITH_CUDA
-  if (out_.is_cuda() && out_.scalar_type() == at::kFloat) {
-    lse_ = lse_merge_cuda_(out_, lse_, out, lse);
-    return;
-  }
-#endif
-  const auto block_out =
-      at::where(fully_masked(lse).unsqueeze(-1), at::zeros_like(out), out).to(lse.scalar_type());
-  const auto total = at::logaddexp(lse_, lse);
-  out_ = out_ * block_weight(lse_, total) + block_out * block_weight(lse, total);
-  lse_ = total;
+  lse_ = kernels_for(out_.device().type()).merge(out_, lse_, out, lse);
 }
 
 }  // namespace dilated_attention

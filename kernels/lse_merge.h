@@ -8,7 +8,8 @@
 
 namespace dilated_attention {
 
-// Running merge of blocks for one set of queries, kept in the accumulation dtype.
+// Running merge of blocks for one set of queries, kept in the accumulation dtype. Merges run in
+// the device's merge kernel (kernels/device_kernels.h).
 class LseAccumulator {
  public:
   // out: [..., L, D], lse: [..., L]; the first block initialises the accumulator.
@@ -20,5 +21,10 @@ class LseAccumulator {
  private:
   at::Tensor out_, lse_;
 };
+
+// The merge written with ATen operations: device-generic, the reference for fused kernels.
+// acc_out is replaced by the merged output; the merged log-sum-exp is returned.
+at::Tensor lse_merge_aten_(at::Tensor& acc_out, const at::Tensor& acc_lse,
+                           const at::Tensor& block_out, const at::Tensor& block_lse);
 
 }  // namespace dilated_attention

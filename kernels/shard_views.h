@@ -7,8 +7,8 @@
 
 #include <vector>
 
-#include "kernels/dilation_plan.h"
-#include "kernels/ring_plan.h"
+#include "kernels/index/dilation_plan.h"
+#include "kernels/index/ring_plan.h"
 
 namespace dilated_attention {
 

@@ -3,29 +3,25 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/empty.h>
 
+#include <cmath>
 #include <mutex>
-
-#include "ops/validation.h"
 
 namespace dilated_attention {
 
 AttentionConfig make_attention_config(int64_t num_heads, int64_t head_dim,
-                                      at::IntArrayRef segment_lengths,
-                                      at::IntArrayRef dilation_rates, double dropout_p,
-                                      bool is_causal, std::optional<double> scale,
-                                      uint64_t dropout_seed) {
+                                      const AttentionArgs& args, uint64_t dropout_seed) {
   AttentionConfig config;
-  config.groups = make_head_groups(num_heads, segment_lengths.vec(), dilation_rates.vec());
-  config.scale = resolve_scale(scale, head_dim);
-  config.output_scale = 1.0 / static_cast<double>(segment_lengths.size());
-  config.is_causal = is_causal;
-  config.dropout_p = dropout_p;
+  config.groups = make_head_groups(num_heads, args.segment_lengths, args.dilation_rates);
+  config.scale = args.scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  config.output_scale = 1.0 / static_cast<double>(args.segment_lengths.size());
+  config.is_causal = args.is_causal;
+  config.dropout_p = args.dropout_p;
   config.dropout_seed = dropout_seed;
   return config;
 }
 
-uint64_t draw_dropout_seed(double dropout_p) {
-  if (dropout_p <= 0.0) return 0;
+uint64_t draw_dropout_seed(const AttentionArgs& args) {
+  if (!args.uses_dropout()) return 0;
   auto* generator = at::get_generator_or_default<at::CPUGeneratorImpl>(
       std::nullopt, at::detail::getDefaultCPUGenerator());
   std::lock_guard<std::mutex> lock(generator->mutex_);

@@ -26,15 +26,14 @@ int64_t bits_of(double value) {
   return bits;
 }
 
-std::vector<Field> describe_call(const at::Tensor& query, at::IntArrayRef segment_lengths,
-                                 at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
-                                 std::optional<double> scale) {
+std::vector<Field> describe_call(const at::Tensor& query, const AttentionArgs& args) {
+  const auto& scale = args.scale;
   return {{"query shape", query.sizes().vec()},
           {"dtype", {static_cast<int64_t>(query.scalar_type())}},
-          {"segment_lengths", segment_lengths.vec()},
-          {"dilation_rates", dilation_rates.vec()},
-          {"dropout_p", {bits_of(dropout_p)}},
-          {"is_causal", {is_causal ? 1 : 0}},
+          {"segment_lengths", args.segment_lengths},
+          {"dilation_rates", args.dilation_rates},
+          {"dropout_p", {bits_of(args.dropout_p)}},
+          {"is_causal", {args.is_causal ? 1 : 0}},
           {"scale", scale ? std::vector<int64_t>{1, bits_of(*scale)} : std::vector<int64_t>{0}}};
 }
 
@@ -53,11 +52,11 @@ std::vector<int64_t> fingerprint(const std::vector<Field>& fields) {
 
 // The first field in which two fingerprints differ.
 std::string first_difference(const std::vector<Field>& fields, const int64_t* a, const int64_t* b) {
-  int64_t at = 0;
+  int64_t position = 0;
   for (const auto& f : fields) {
     const int64_t len = static_cast<int64_t>(f.values.size()) + 1;
-    if (std::memcmp(a + at, b + at, sizeof(int64_t) * len) != 0) return f.name;
-    at += len;
+    if (std::memcmp(a + position, b + position, sizeof(int64_t) * len) != 0) return f.name;
+    position += len;
   }
   return "configuration";
 }
@@ -86,11 +85,9 @@ at::Tensor gather_through_rank_zero(comm::Communicator& comm, const at::Tensor& 
 }  // namespace
 
 void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query,
-                       at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
-                       double dropout_p, bool is_causal, std::optional<double> scale) {
+                       const AttentionArgs& args) {
   if (comm.size() == 1) return;
-  const auto fields =
-      describe_call(query, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
+  const auto fields = describe_call(query, args);
   const auto mine = at::tensor(fingerprint(fields), at::kLong).to(query.device());
   const auto table = gather_through_rank_zero(comm, mine).cpu();
   const int64_t* data = table.data_ptr<int64_t>();

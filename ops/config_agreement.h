@@ -6,14 +6,12 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <optional>
-
 #include "comm/communicator.h"
+#include "ops/attention_args.h"
 
 namespace dilated_attention {
 
 void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query,
-                       at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
-                       double dropout_p, bool is_causal, std::optional<double> scale);
+                       const AttentionArgs& args);
 
 }  // namespace dilated_attention

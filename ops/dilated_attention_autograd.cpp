@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include "ops/dilated_attention_op.h"
-#include "ops/saved_attention_args.h"
 
 namespace dilated_attention {
 namespace {
@@ -17,38 +16,29 @@ using torch::autograd::variable_list;
 class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttentionFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& query, const at::Tensor& key,
-                            const at::Tensor& value, at::IntArrayRef segment_lengths,
-                            at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
-                            std::optional<double> scale) {
+                            const at::Tensor& value, const AttentionArgs& args) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, softmax_lse, rng_state] = call_dilated_attention_forward(
-        query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
+    auto [output, softmax_lse, rng_state] = call_dilated_attention_forward(query, key, value, args);
     ctx->save_for_backward({query, key, value, output, softmax_lse, rng_state});
-    SavedAttentionArgs{segment_lengths.vec(), dilation_rates.vec(), dropout_p, is_causal, scale}
-        .save(ctx);
+    args.save(ctx);
     return output;
   }
 
+  // One gradient per forward input: query, key, value, and none for the arguments struct.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
     const auto& grad_output = grad_outputs[0];
-    if (!grad_output.defined())
-      return {at::Tensor(), at::Tensor(), at::Tensor(), {}, {}, {}, {}, {}};
-    const auto args = SavedAttentionArgs::load(ctx);
-    auto [grad_query, grad_key, grad_value] = call_dilated_attention_backward(
-        grad_output, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
-        args.segment_lengths, args.dilation_rates, args.dropout_p, args.is_causal, args.scale);
-    return {grad_query,   grad_key,     grad_value,   at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!grad_output.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    auto [grad_query, grad_key, grad_value] =
+        call_dilated_attention_backward(grad_output, saved[0], saved[1], saved[2], saved[3],
+                                        saved[4], saved[5], AttentionArgs::load(ctx));
+    return {grad_query, grad_key, grad_value, at::Tensor()};
   }
 };
 
 at::Tensor dilated_attention_autograd(const at::Tensor& query, const at::Tensor& key,
-                                      const at::Tensor& value, at::IntArrayRef segment_lengths,
-                                      at::IntArrayRef dilation_rates, double dropout_p,
-                                      bool is_causal, std::optional<double> scale) {
-  return DilatedAttentionFunction::apply(query, key, value, segment_lengths, dilation_rates,
-                                         dropout_p, is_causal, scale);
+                                      const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS) {
+  return DilatedAttentionFunction::apply(query, key, value, DILATED_ATTENTION_ARGS_COLLECT());
 }
 
 }  // namespace

@@ -5,7 +5,6 @@
 #include <torch/library.h>
 
 #include "ops/distributed_attention_op.h"
-#include "ops/saved_attention_args.h"
 
 namespace dilated_attention {
 namespace {
@@ -17,47 +16,43 @@ class DistributedAttentionFunction
     : public torch::autograd::Function<DistributedAttentionFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& query, const at::Tensor& key,
-                            const at::Tensor& value, at::IntArrayRef segment_lengths,
-                            at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
-                            std::optional<double> scale, c10::string_view group_name,
-                            c10::string_view backend) {
+                            const at::Tensor& value, const AttentionArgs& args,
+                            const DistributedTarget& target) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, softmax_lse, rng_state] =
-        call_distributed_forward(query, key, value, segment_lengths, dilation_rates, dropout_p,
-                                 is_causal, scale, group_name, backend);
+        call_distributed_attention_forward(query, key, value, args, target);
     ctx->save_for_backward({query, key, value, output, softmax_lse, rng_state});
-    SavedAttentionArgs{segment_lengths.vec(), dilation_rates.vec(), dropout_p, is_causal, scale}
-        .save(ctx);
-    ctx->saved_data["group_name"] = std::string(group_name);
-    ctx->saved_data["backend"] = std::string(backend);
+    args.save(ctx);
+    ctx->saved_data["group_name"] = target.group_name;
+    ctx->saved_data["backend"] = target.backend;
     return output;
   }
 
+  // One gradient per forward input: query, key, value, none for the arguments and the target.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    const auto args = SavedAttentionArgs::load(ctx);
     // Every rank must take part in backward's exchange, so an undefined gradient is zeros.
     const auto grad_output = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(saved[3]);
-    auto [grad_query, grad_key, grad_value] = call_distributed_backward(
+    const DistributedTarget target{ctx->saved_data["group_name"].toStringRef(),
+                                   ctx->saved_data["backend"].toStringRef()};
+    auto [grad_query, grad_key, grad_value] = call_distributed_attention_backward(
         grad_output, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
-        args.segment_lengths, args.dilation_rates, args.dropout_p, args.is_causal, args.scale,
-        ctx->saved_data["group_name"].toStringRef(), ctx->saved_data["backend"].toStringRef());
-    return {grad_query, grad_key, grad_value, {}, {}, {}, {}, {}, {}, {}};
+        AttentionArgs::load(ctx), target);
+    return {grad_query, grad_key, grad_value, at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor distributed_autograd(const at::Tensor& query, const at::Tensor& key,
-                                const at::Tensor& value, at::IntArrayRef segment_lengths,
-                                at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
-                                std::optional<double> scale, c10::string_view group_name,
-                                c10::string_view backend) {
-  return DistributedAttentionFunction::apply(query, key, value, segment_lengths, dilation_rates,
-                                             dropout_p, is_causal, scale, group_name, backend);
+at::Tensor distributed_attention_autograd(const at::Tensor& query, const at::Tensor& key,
+                                          const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
+                                          c10::string_view group_name, c10::string_view backend) {
+  return DistributedAttentionFunction::apply(
+      query, key, value, DILATED_ATTENTION_ARGS_COLLECT(),
+      DistributedTarget{std::string(group_name), std::string(backend)});
 }
 
 }  // namespace
 }  // namespace dilated_attention
 
 TORCH_LIBRARY_IMPL(dilated_attention, Autograd, m) {
-  m.impl("_distributed_dilated_attention", &dilated_attention::distributed_autograd);
+  m.impl("_distributed_dilated_attention", &dilated_attention::distributed_attention_autograd);
 }

@@ -1,10 +1,10 @@
-// _distributed_dilated_attention: the one internal op family behind all eight distributed names
-// (registration/named_ops.cpp maps each name to a backend). Schemas, CPU and Meta kernels of
-// the op and of its forward / backward; autograd is in distributed_attention_autograd.cpp.
+// _distributed_dilated_attention: schemas and the device-generic and Meta kernels of the op and
+// of its forward / backward; autograd is in distributed_attention_autograd.cpp.
 #include "ops/distributed_attention_op.h"
 
 #include <ATen/DeviceGuard.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -13,7 +13,8 @@
 #include "ops/distributed_context.h"
 #include "ops/replicated_attention.h"
 #include "ops/sharded_attention.h"
-#include "ops/validation.h"
+#include "ops/validate_attention.h"
+#include "ops/validate_distributed.h"
 
 namespace dilated_attention {
 namespace {
@@ -23,17 +24,23 @@ struct DistributedCall {
   std::shared_ptr<comm::Communicator> comm;
 };
 
-// Resolves the group and the backend, and validates everything before any work.
+// Resolves the group and the backend, and validates everything before any work (no RNG draw,
+// allocation or transfer happens before this returns).
 DistributedCall prepare(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                        at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
-                        double dropout_p, std::optional<double> scale,
-                        const std::string& group_name, const std::string& backend) {
-  check_dilation_config(segment_lengths, dilation_rates, dropout_p, scale);
+                        const AttentionArgs& args, c10::string_view group_name,
+                        c10::string_view backend) {
+  check_attention_args(args);
   check_attention_inputs(query, key, value);
-  DistributedCall call{parse_backend(backend), communicator_for(group_name)};
-  check_distributed_layout(query, segment_lengths, dilation_rates, call.comm->size(),
-                           is_sharded(call.backend),
-                           call.backend == DistributedBackend::kReplicatedHeads);
+  DistributedCall call{parse_backend(backend), communicator_for(std::string(group_name))};
+  check_distributed_layout(query, args, call.comm->size(), call.backend);
+  return call;
+}
+
+DistributedCall prepare_to_run(const at::Tensor& query, const at::Tensor& key,
+                               const at::Tensor& value, const AttentionArgs& args,
+                               c10::string_view group_name, c10::string_view backend) {
+  auto call = prepare(query, key, value, args, group_name, backend);
+  check_device_supports(query, args);
   return call;
 }
 
@@ -43,171 +50,173 @@ ShardedAttentionConfig sharded_config(const AttentionConfig& attention, const at
   return {attention, {query.size(1) * size, size}, exchange_of(call.backend)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_dense(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
-    bool is_causal, std::optional<double> scale, c10::string_view group_name,
-    c10::string_view backend) {
-  // Kernels launch on the inputs' device and its current stream.
-  const at::OptionalDeviceGuard device_guard(at::device_of(query));
-  const auto call = prepare(query, key, value, segment_lengths, dilation_rates, dropout_p, scale,
-                            std::string(group_name), std::string(backend));
-  auto& comm = *call.comm;
-  if (call.backend == DistributedBackend::kCheckedSegmentRing) {
-    check_ranks_agree(comm, query, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
-  }
-  const uint64_t seed = draw_dropout_seed(dropout_p);
-  const auto attention = make_attention_config(query.size(2), query.size(3), segment_lengths,
-                                               dilation_rates, dropout_p, is_causal, scale, seed);
-  comm.reset_bytes_sent();
-  auto [out, lse] =
-      is_sharded(call.backend)
-          ? sharded_attention_forward(comm, query, key, value,
-                                      sharded_config(attention, query, call))
-          : replicated_attention_forward(comm, query, key, value, attention,
-                                         call.backend == DistributedBackend::kReplicatedHeads);
-  record_bytes_sent(comm.bytes_sent());
-  return {out, lse, pack_rng_state(seed, query.options())};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_dense(
-    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
-    const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
-    const at::Tensor& rng_state, at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
-    double dropout_p, bool is_causal, std::optional<double> scale, c10::string_view group_name,
-    c10::string_view backend) {
-  // Kernels launch on the inputs' device and its current stream.
-  const at::OptionalDeviceGuard device_guard(at::device_of(query));
-  const auto call = prepare(query, key, value, segment_lengths, dilation_rates, dropout_p, scale,
-                            std::string(group_name), std::string(backend));
-  auto& comm = *call.comm;
-  const auto attention =
-      make_attention_config(query.size(2), query.size(3), segment_lengths, dilation_rates,
-                            dropout_p, is_causal, scale, unpack_dropout_seed(rng_state));
-  comm.reset_bytes_sent();
-  auto grads = is_sharded(call.backend)
-                   ? sharded_attention_backward(comm, grad_output, query, key, value, output,
-                                                softmax_lse, sharded_config(attention, query, call))
-                   : replicated_attention_backward(
-                         comm, grad_output, query, key, value, output, softmax_lse, attention,
-                         call.backend == DistributedBackend::kReplicatedHeads);
-  record_bytes_sent(comm.bytes_sent());
-  return grads;
-}
-
-at::Tensor distributed_dense(const at::Tensor& query, const at::Tensor& key,
-                             const at::Tensor& value, at::IntArrayRef segment_lengths,
-                             at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
-                             std::optional<double> scale, c10::string_view group_name,
-                             c10::string_view backend) {
-  return std::get<0>(forward_dense(query, key, value, segment_lengths, dilation_rates, dropout_p,
-                                   is_causal, scale, group_name, backend));
+bool splits_heads(const DistributedCall& call) {
+  return call.backend == DistributedBackend::kReplicatedHeads;
 }
 
 // Meta: the output has the query's shape in both contracts; the log-sum-exp covers this rank's
 // rows (sharded, replicated rows) or heads (replicated heads).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_meta(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_meta(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
-    bool is_causal, std::optional<double> scale, c10::string_view group_name,
-    c10::string_view backend) {
-  const auto call = prepare(query, key, value, segment_lengths, dilation_rates, dropout_p, scale,
-                            std::string(group_name), std::string(backend));
+    DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend) {
+  const auto args = DILATED_ATTENTION_ARGS_COLLECT();
+  const auto call = prepare(query, key, value, args, group_name, backend);
   const int size = call.comm->size();
   c10::SymInt rows = query.sym_size(1), heads = query.sym_size(2);
   if (call.backend == DistributedBackend::kReplicatedRows) rows = rows / size;
-  if (call.backend == DistributedBackend::kReplicatedHeads) heads = heads / size;
+  if (splits_heads(call)) heads = heads / size;
   auto lse = at::empty_symint({query.sym_size(0), rows, heads},
                               query.options().dtype(at::toOpMathType(query.scalar_type())));
   return {at::empty_symint(query.sym_sizes(), query.options()), lse,
           at::empty({kRngStateSize}, query.options().dtype(at::kLong))};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_meta(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_meta(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
-    const at::Tensor& rng_state, at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
-    double dropout_p, bool is_causal, std::optional<double> scale, c10::string_view group_name,
+    const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
     c10::string_view backend) {
-  prepare(query, key, value, segment_lengths, dilation_rates, dropout_p, scale,
-          std::string(group_name), std::string(backend));
+  const auto args = DILATED_ATTENTION_ARGS_COLLECT();
+  prepare(query, key, value, args, group_name, backend);
   auto like = [&] { return at::empty_symint(query.sym_sizes(), query.options()); };
   return {like(), like(), like()};
 }
 
-at::Tensor distributed_meta(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                            at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
-                            double dropout_p, bool is_causal, std::optional<double> scale,
-                            c10::string_view group_name, c10::string_view backend) {
-  return std::get<0>(forward_meta(query, key, value, segment_lengths, dilation_rates, dropout_p,
-                                  is_causal, scale, group_name, backend));
+at::Tensor distributed_attention_meta(const at::Tensor& query, const at::Tensor& key,
+                                      const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
+                                      c10::string_view group_name, c10::string_view backend) {
+  const auto args = DILATED_ATTENTION_ARGS_COLLECT();
+  return std::get<0>(args.unpack([&](auto... shared) {
+    return distributed_attention_forward_meta(query, key, value, shared..., group_name, backend);
+  }));
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
-    bool is_causal, std::optional<double> scale, c10::string_view group_name,
+    DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend) {
+  const auto args = DILATED_ATTENTION_ARGS_COLLECT();
+  const auto call = prepare_to_run(query, key, value, args, group_name, backend);
+  // Kernels launch on the inputs' device and its current stream.
+  const at::OptionalDeviceGuard device_guard(at::device_of(query));
+  auto& comm = *call.comm;
+  if (call.backend == DistributedBackend::kCheckedSegmentRing) {
+    check_ranks_agree(comm, query, args);
+  }
+  const uint64_t seed = draw_dropout_seed(args);
+  const auto attention = make_attention_config(query.size(2), query.size(3), args, seed);
+  comm.reset_bytes_sent();
+  auto [out, lse] = is_sharded(call.backend)
+                        ? sharded_attention_forward(comm, query, key, value,
+                                                    sharded_config(attention, query, call))
+                        : replicated_attention_forward(comm, query, key, value, attention,
+                                                       splits_heads(call));
+  record_bytes_sent(comm.bytes_sent());
+  return {out, lse, pack_rng_state(seed, query.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
+    const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
     c10::string_view backend) {
+  const auto args = DILATED_ATTENTION_ARGS_COLLECT();
+  const auto call = prepare_to_run(query, key, value, args, group_name, backend);
+  const at::OptionalDeviceGuard device_guard(at::device_of(query));
+  auto& comm = *call.comm;
+  const auto attention = make_attention_config(query.size(2), query.size(3), args,
+                                               unpack_dropout_seed(rng_state));
+  comm.reset_bytes_sent();
+  auto grads = is_sharded(call.backend)
+                   ? sharded_attention_backward(comm, grad_output, query, key, value, output,
+                                                softmax_lse, sharded_config(attention, query, call))
+                   : replicated_attention_backward(comm, grad_output, query, key, value, output,
+                                                   softmax_lse, attention, splits_heads(call));
+  record_bytes_sent(comm.bytes_sent());
+  return grads;
+}
+
+at::Tensor distributed_attention_op(const at::Tensor& query, const at::Tensor& key,
+                                    const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
+                                    c10::string_view group_name, c10::string_view backend) {
+  const auto args = DILATED_ATTENTION_ARGS_COLLECT();
+  return std::get<0>(args.unpack([&](auto... shared) {
+    return distributed_attention_forward_op(query, key, value, shared..., group_name, backend);
+  }));
+}
+
+at::Tensor call_distributed_attention(const at::Tensor& query, const at::Tensor& key,
+                                      const at::Tensor& value, const AttentionArgs& args,
+                                      const DistributedTarget& target) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention", "")
+                       .typed<decltype(distributed_attention_op)>();
+  return args.unpack([&](auto... shared) {
+    return op.call(query, key, value, shared..., target.group_name, target.backend);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_attention_forward(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const AttentionArgs& args, const DistributedTarget& target) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention_forward", "")
-          .typed<decltype(forward_dense)>();
-  return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
-                 group_name, backend);
+          .typed<decltype(distributed_attention_forward_op)>();
+  return args.unpack([&](auto... shared) {
+    return op.call(query, key, value, shared..., target.group_name, target.backend);
+  });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_attention_backward(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
-    const at::Tensor& rng_state, at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
-    double dropout_p, bool is_causal, std::optional<double> scale, c10::string_view group_name,
-    c10::string_view backend) {
+    const at::Tensor& rng_state, const AttentionArgs& args, const DistributedTarget& target) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention_backward", "")
-          .typed<decltype(backward_dense)>();
-  return op.call(grad_output, query, key, value, output, softmax_lse, rng_state, segment_lengths,
-                 dilation_rates, dropout_p, is_causal, scale, group_name, backend);
+          .typed<decltype(distributed_attention_backward_op)>();
+  return args.unpack([&](auto... shared) {
+    return op.call(grad_output, query, key, value, output, softmax_lse, rng_state, shared...,
+                   target.group_name, target.backend);
+  });
 }
 
 }  // namespace dilated_attention
 
 TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
-  const std::string core_args =
-      "Tensor query, Tensor key, Tensor value, int[] segment_lengths, int[] dilation_rates, "
-      "float dropout_p=0.0, bool is_causal=False, float? scale=None, str group_name=\"\", "
-      "str backend=\"segment_ring\"";
-  const std::string op_schema = "_distributed_dilated_attention(" + core_args + ") -> Tensor";
-  const std::string forward_schema = "_distributed_dilated_attention_forward(" + core_args +
-                                     ") -> (Tensor output, Tensor softmax_lse, Tensor rng_state)";
-  m.def(op_schema.c_str(), {at::Tag::pt2_compliant_tag});
-  m.def(forward_schema.c_str(), {at::Tag::pt2_compliant_tag});
-  m.def(
+  using dilated_attention::attention_args_schema;
+  using dilated_attention::SchemaDefaults;
+  const std::string inputs = "(Tensor query, Tensor key, Tensor value, " +
+                             attention_args_schema() +
+                             ", str group_name=\"\", str backend=\"segment_ring\")";
+  const std::string op = "_distributed_dilated_attention" + inputs + " -> Tensor";
+  const std::string forward = "_distributed_dilated_attention_forward" + inputs +
+                              " -> (Tensor output, Tensor softmax_lse, Tensor rng_state)";
+  const std::string backward =
       "_distributed_dilated_attention_backward(Tensor grad_output, Tensor query, Tensor key, "
-      "Tensor value, Tensor output, Tensor softmax_lse, Tensor rng_state, int[] segment_lengths, "
-      "int[] dilation_rates, float dropout_p, bool is_causal, float? scale, str group_name, "
-      "str backend) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value)",
-      {at::Tag::pt2_compliant_tag});
+      "Tensor value, Tensor output, Tensor softmax_lse, Tensor rng_state, " +
+      attention_args_schema(SchemaDefaults::kWithout) +
+      ", str group_name, str backend) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value)";
+  m.def(op.c_str(), {at::Tag::pt2_compliant_tag});
+  m.def(forward.c_str(), {at::Tag::pt2_compliant_tag});
+  m.def(backward.c_str(), {at::Tag::pt2_compliant_tag});
 }
 
-// The dense kernels are device-generic (ATen views, copies and the attention kernel
-// block_attention picks), so CPU and CUDA register the same functions.
-TORCH_LIBRARY_IMPL(dilated_attention, CPU, m) {
-  m.impl("_distributed_dilated_attention", &dilated_attention::distributed_dense);
-  m.impl("_distributed_dilated_attention_forward", &dilated_attention::forward_dense);
-  m.impl("_distributed_dilated_attention_backward", &dilated_attention::backward_dense);
-}
-
-TORCH_LIBRARY_IMPL(dilated_attention, CUDA, m) {
-  m.impl("_distributed_dilated_attention", &dilated_attention::distributed_dense);
-  m.impl("_distributed_dilated_attention_forward", &dilated_attention::forward_dense);
-  m.impl("_distributed_dilated_attention_backward", &dilated_attention::backward_dense);
+// Device-generic: the device's attention and merge kernels come from kernels/device_kernels.h.
+TORCH_LIBRARY_IMPL(dilated_attention, CompositeExplicitAutograd, m) {
+  m.impl("_distributed_dilated_attention", &dilated_attention::distributed_attention_op);
+  m.impl("_distributed_dilated_attention_forward",
+         &dilated_attention::distributed_attention_forward_op);
+  m.impl("_distributed_dilated_attention_backward",
+         &dilated_attention::distributed_attention_backward_op);
 }
 
 TORCH_LIBRARY_IMPL(dilated_attention, Meta, m) {
-  m.impl("_distributed_dilated_attention", &dilated_attention::distributed_meta);
-  m.impl("_distributed_dilated_attention_forward", &dilated_attention::forward_meta);
-  m.impl("_distributed_dilated_attention_backward", &dilated_attention::backward_meta);
+  m.impl("_distributed_dilated_attention", &dilated_attention::distributed_attention_meta);
+  m.impl("_distributed_dilated_attention_forward",
+         &dilated_attention::distributed_attention_forward_meta);
+  m.impl("_distributed_dilated_attention_backward",
+         &dilated_attention::distributed_attention_backward_meta);
 }

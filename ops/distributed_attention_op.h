@@ -1,25 +1,53 @@
-// Typed dispatcher calls of the internal distributed forward / backward ops.
+// _distributed_dilated_attention: the one internal op family behind every distributed name
+// (ops/named_op_table.h maps each name to a backend). The declarations below are the registered,
+// device-generic kernels; their Meta kernels have the same types, and every dispatcher handle of
+// the family is typed from these declarations.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
-#include <optional>
+#include <string>
 #include <tuple>
+
+#include "ops/attention_args.h"
 
 namespace dilated_attention {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_forward(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
-    bool is_causal, std::optional<double> scale, c10::string_view group_name,
-    c10::string_view backend);
+// _distributed_dilated_attention(Tensor query, Tensor key, Tensor value, <shared args>,
+//                                str group_name="", str backend="segment_ring") -> Tensor
+at::Tensor distributed_attention_op(const at::Tensor& query, const at::Tensor& key,
+                                    const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
+                                    c10::string_view group_name, c10::string_view backend);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
-    const at::Tensor& rng_state, at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
-    double dropout_p, bool is_causal, std::optional<double> scale, c10::string_view group_name,
+    const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
     c10::string_view backend);
+
+// Where a distributed call runs: the process group and the schedule.
+struct DistributedTarget {
+  std::string group_name;
+  std::string backend;
+};
+
+// Dispatcher calls of the family's ops.
+at::Tensor call_distributed_attention(const at::Tensor& query, const at::Tensor& key,
+                                      const at::Tensor& value, const AttentionArgs& args,
+                                      const DistributedTarget& target);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_attention_forward(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const AttentionArgs& args, const DistributedTarget& target);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_attention_backward(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
+    const at::Tensor& rng_state, const AttentionArgs& args, const DistributedTarget& target);
 
 }  // namespace dilated_attention

@@ -1,6 +1,5 @@
 #include "ops/distributed_context.h"
 
-#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -10,27 +9,8 @@ namespace {
 std::atomic<int64_t> last_call_bytes{0};
 }  // namespace
 
-DistributedBackend parse_backend(const std::string& backend) {
-  if (backend == "segment_ring") return DistributedBackend::kSegmentRing;
-  if (backend == "full_ring") return DistributedBackend::kFullRing;
-  if (backend == "segment_ring_checked") return DistributedBackend::kCheckedSegmentRing;
-#ifdef DILATED_ATTENTION_WITHOUT_DEPRECATED
-  const bool legacy =
-      backend == "all_gather" || backend == "replicated_rows" || backend == "replicated_heads";
-  TORCH_CHECK_VALUE(!legacy, "backend '", backend,
-                    "' served the deprecated all_gather implementations, which this build leaves "
-                    "out (DILATED_ATTENTION_WITHOUT_DEPRECATED); use segment_ring");
-#endif
-  if (backend == "all_gather") return DistributedBackend::kAllGather;
-  if (backend == "replicated_rows") return DistributedBackend::kReplicatedRows;
-  if (backend == "replicated_heads") return DistributedBackend::kReplicatedHeads;
-  TORCH_CHECK_VALUE(false, "backend must be one of segment_ring, full_ring, segment_ring_checked, ",
-                    "all_gather, replicated_rows, replicated_heads, got '", backend, "'");
-}
-
 bool is_sharded(DistributedBackend backend) {
-  return backend != DistributedBackend::kReplicatedRows &&
-         backend != DistributedBackend::kReplicatedHeads;
+  return info_of(backend).contract == Contract::kSharded;
 }
 
 ExchangeKind exchange_of(DistributedBackend backend) {

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
-#include "kernels/ring_plan.h"
+#include "kernels/index/ring_plan.h"
 
 namespace dilated_attention {
 

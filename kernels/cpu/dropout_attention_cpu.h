@@ -8,23 +8,9 @@
 
 #include <tuple>
 
-#include "kernels/dropout_mask.h"
+#include "kernels/block_options.h"
 
 namespace dilated_attention {
-
-// Where the rows of a [B', h, L, D] attention view sit in the full sequence, so the mask uses
-// global coordinates. View batch b' is batch first_batch + b' / views_per_batch; its row i of
-// the query (key) side is at position (b' % views_per_batch) * view_stride + query_first
-// (key_first) + i * step; view head h is global head first_head + h.
-struct ViewCoordinates {
-  int64_t first_batch = 0;
-  int64_t views_per_batch = 1;
-  int64_t view_stride = 0;
-  int64_t first_head = 0;
-  int64_t query_first = 0;
-  int64_t key_first = 0;
-  int64_t step = 1;
-};
 
 // q, k, v: group views [B * N/s, h_g, L, D]. Returns (output [B * N/s, h_g, L, D] in the input
 // dtype, log-sum-exp [B * N/s, h_g, L] in the accumulation dtype); the output is not divided by G.

@@ -1,5 +1,5 @@
 #include "catch_compat.h"
-#include "kernels/dilation_plan.h"
+#include "kernels/index/dilation_plan.h"
 
 using namespace dilated_attention;
 

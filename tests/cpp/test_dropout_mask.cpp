@@ -1,5 +1,5 @@
 #include "catch_compat.h"
-#include "kernels/dropout_mask.h"
+#include "kernels/index/dropout_mask.h"
 
 using namespace dilated_attention;
 

@@ -1,4 +1,4 @@
-// The table of distributed op names (registration/named_ops.cpp), through the dispatcher from
+// The table of distributed op names (ops/named_op_table.h), through the dispatcher from
 // plain C++: every name exists with the core arguments plus group_name, runs on one process
 // (group_name ""), equals the core op, and the deprecated names warn exactly once.
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -9,26 +9,25 @@
 #include <vector>
 
 #include "catch_compat.h"
-#include "ops/dilated_attention.h"
+#include <dilated_attention/ops.h>
+
+#include "ops/named_op_table.h"
 
 namespace {
 
-struct NamedOp {
-  const char* name;
-  const char* deprecated_class;  // nullptr: never warns
-};
+using dilated_attention::kNamedOps;
+using dilated_attention::Signature;
 
-const std::vector<NamedOp> kAttentionNames = {
-    {"ring_dilated_attention_hybrid_optimized_v2", nullptr},
-    {"ring_dilated_attention_hybrid_optimized", nullptr},
-    {"ring_dilated_attention_production", nullptr},
-#ifndef DILATED_ATTENTION_WITHOUT_DEPRECATED
-    {"ring_dilated_attention_v2_collective", "RingDilatedAttentionV2Collective"},
-    {"hilbert_ring_dilated_attention", "HilbertRingDilatedAttention"},
-    {"distributed_improved_dilated_attention", "DistributedImprovedDilatedAttention"},
-    {"head_parallel_dilated_attention", "HeadParallelDilatedAttention"},
-#endif
-};
+// The names of this build that take query, key, value [B, N, H, D], from the library's table.
+std::vector<dilated_attention::NamedOp> attention_names() {
+  std::vector<dilated_attention::NamedOp> names;
+  for (const auto& op : kNamedOps) {
+    if (dilated_attention::is_built(op) && op.signature == Signature::kAttention) {
+      names.push_back(op);
+    }
+  }
+  return names;
+}
 
 // Collects the warnings raised while it is installed.
 class RecordingHandler : public c10::WarningHandler {
@@ -38,11 +37,10 @@ class RecordingHandler : public c10::WarningHandler {
 };
 
 at::Tensor call_named(const char* name, const at::Tensor& q) {
+  // Every attention name has the public v2 op's signature.
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow((std::string("dilated_attention::") + name).c_str(), "")
-                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                  at::IntArrayRef, at::IntArrayRef, double, bool,
-                                  std::optional<double>, c10::string_view)>();
+                .typed<decltype(dilated_attention::ring_dilated_attention_hybrid_optimized_v2)>();
   return op.call(q, q, q, {8, 16}, {1, 2}, 0.0, true, std::nullopt, "");
 }
 
@@ -51,7 +49,7 @@ at::Tensor call_named(const char* name, const at::Tensor& q) {
 TEST_CASE("deprecated names warn once with the notice's text; recommended names never",
           "[named_ops]") {
   const auto q = torch::randn({1, 32, 4, 8});
-  for (const auto& op : kAttentionNames) {
+  for (const auto& op : attention_names()) {
     INFO(op.name);
     RecordingHandler handler;
     {
@@ -88,7 +86,7 @@ TEST_CASE("every named distributed op equals the core op on one process", "[name
   torch::manual_seed(0);
   const auto q = torch::randn({1, 32, 4, 8}, torch::kDouble);
   const auto expected = dilated_attention::dilated_attention(q, q, q, {8, 16}, {1, 2}, 0.0, true);
-  for (const auto& op : kAttentionNames) {
+  for (const auto& op : attention_names()) {
     INFO(op.name);
     CHECK(torch::allclose(call_named(op.name, q), expected, 0.0, 1e-12));
   }

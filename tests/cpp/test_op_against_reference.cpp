@@ -3,7 +3,7 @@
 #include <torch/torch.h>
 
 #include "catch_compat.h"
-#include "ops/dilated_attention.h"
+#include <dilated_attention/ops.h>
 #include "reference_attention.h"
 
 namespace {

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "catch_compat.h"
-#include "ops/dilated_attention.h"
+#include <dilated_attention/ops.h>
 
 namespace {
 

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "catch_compat.h"
-#include "kernels/dilation_plan.h"
-#include "kernels/ring_plan.h"
+#include "kernels/index/dilation_plan.h"
+#include "kernels/index/ring_plan.h"
 
 using namespace dilated_attention;
 

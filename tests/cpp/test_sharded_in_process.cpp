@@ -121,7 +121,8 @@ const char* kind_name(ExchangeKind kind) {
 }
 
 ShardedAttentionConfig config_for(const Case& c, int64_t heads, bool causal, ExchangeKind kind) {
-  return {make_attention_config(heads, kHeadDim, c.segments, c.rates, 0.0, causal, std::nullopt, 0),
+  const AttentionArgs args{c.segments, c.rates, 0.0, causal, std::nullopt};
+  return {make_attention_config(heads, kHeadDim, args, /*dropout_seed=*/0),
           ShardLayout{c.seq_len, c.world_size}, kind};
 }
 

@@ -1,4 +1,4 @@
-#include "kernels/ring_plan.h"
+#include "kernels/index/ring_plan.h"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-#include "kernels/dilation_plan.h"
+#include "kernels/index/dilation_plan.h"
 
 #include <algorithm>
 #include <stdexcept>

@@ -1,11 +1,12 @@
-#include "ops/validation.h"
+#include "ops/validate_attention.h"
 
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/dilation_plan.h"
+#include "kernels/device_kernels.h"
+#include "kernels/index/dilation_plan.h"
 
 namespace dilated_attention {
 namespace {
@@ -36,8 +37,9 @@ void check_same_as_query(const at::Tensor& query, const at::Tensor& other, const
 
 }  // namespace
 
-void check_dilation_config(at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
-                           double dropout_p, std::optional<double> scale) {
+void check_attention_args(const AttentionArgs& args) {
+  const auto& segment_lengths = args.segment_lengths;
+  const auto& dilation_rates = args.dilation_rates;
   TORCH_CHECK_VALUE(!segment_lengths.empty(), "segment_lengths cannot be empty");
   TORCH_CHECK_VALUE(!dilation_rates.empty(), "dilation_rates cannot be empty");
   TORCH_CHECK_VALUE(segment_lengths.size() == dilation_rates.size(),
@@ -45,10 +47,10 @@ void check_dilation_config(at::IntArrayRef segment_lengths, at::IntArrayRef dila
                     segment_lengths.size(), " != ", dilation_rates.size());
   check_positive(segment_lengths, "segment_lengths");
   check_positive(dilation_rates, "dilation_rates");
-  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p <= 1.0,
-                    "dropout must be between 0.0 and 1.0, got ", dropout_p);
-  TORCH_CHECK_VALUE(!scale.has_value() || std::isfinite(*scale),
-                    "scale must be a finite number, got ", scale.value_or(0.0));
+  TORCH_CHECK_VALUE(args.dropout_p >= 0.0 && args.dropout_p <= 1.0,
+                    "dropout must be between 0.0 and 1.0, got ", args.dropout_p);
+  TORCH_CHECK_VALUE(!args.scale.has_value() || std::isfinite(*args.scale),
+                    "scale must be a finite number, got ", args.scale.value_or(0.0));
 }
 
 void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
@@ -62,7 +64,8 @@ void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
 }
 
 void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,
-                           at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates) {
+                           const AttentionArgs& args) {
+  const auto& segment_lengths = args.segment_lengths;
   const auto num_groups = static_cast<int64_t>(segment_lengths.size());
   TORCH_CHECK_VALUE(num_heads >= num_groups, "num_heads (", num_heads, ") must be >= num_groups (",
                     num_groups, ")");
@@ -72,59 +75,25 @@ void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_he
   for (int64_t g = 0; g < num_groups; ++g) {
     TORCH_CHECK_VALUE(seq_len % segment_lengths[g] == 0, "Sequence length (", seq_len,
                       ") must be divisible by segment_lengths[", g, "] (", segment_lengths[g], ")");
-    const int64_t offset = group_offset(g, dilation_rates[g]);
-    TORCH_CHECK_VALUE(offset < segment_lengths[g], "dilation_rates[", g, "] (", dilation_rates[g],
+    const int64_t rate = args.dilation_rates[g];
+    const int64_t offset = group_offset(g, rate);
+    TORCH_CHECK_VALUE(offset < segment_lengths[g], "dilation_rates[", g, "] (", rate,
                       ") gives group ", g, " the offset ", offset,
                       ", which must be smaller than segment_lengths[", g, "] (", segment_lengths[g],
                       ")");
   }
 }
 
-void check_dilated_attention_args(const at::Tensor& query, const at::Tensor& key,
-                                  const at::Tensor& value, at::IntArrayRef segment_lengths,
-                                  at::IntArrayRef dilation_rates, double dropout_p,
-                                  std::optional<double> scale) {
-  check_dilation_config(segment_lengths, dilation_rates, dropout_p, scale);
+void check_device_supports(const at::Tensor& query, const AttentionArgs& args) {
+  kernels_for(query.device().type())
+      .check_supported({query.scalar_type(), query.size(-1), args.uses_dropout()});
+}
+
+void check_dilated_attention_call(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, const AttentionArgs& args) {
+  check_attention_args(args);
   check_attention_inputs(query, key, value);
-  check_sequence_layout(query.sym_size(1), query.sym_size(2), segment_lengths, dilation_rates);
-}
-
-double resolve_scale(std::optional<double> scale, int64_t head_dim) {
-  return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
-}
-
-}  // namespace dilated_attention
-
-namespace dilated_attention {
-
-void check_distributed_layout(const at::Tensor& query, at::IntArrayRef segment_lengths,
-                              at::IntArrayRef dilation_rates, int world_size, bool sharded,
-                              bool splits_heads) {
-  const auto seq_len = sharded ? query.sym_size(1) * world_size : query.sym_size(1);
-  check_sequence_layout(seq_len, query.sym_size(2), segment_lengths, dilation_rates);
-  if (!sharded && !splits_heads) {
-    TORCH_CHECK_VALUE(seq_len % world_size == 0, "Sequence length (", seq_len,
-                      ") must be divisible by the world size (", world_size, ")");
-  }
-  if (splits_heads) {
-    TORCH_CHECK_VALUE(query.sym_size(2) % world_size == 0, "num_heads (", query.sym_size(2),
-                      ") must be divisible by the world size (", world_size,
-                      ") for head-parallel attention");
-  }
-}
-
-}  // namespace dilated_attention
-
-namespace dilated_attention {
-
-void check_multihead_input(const at::Tensor& x, const char* name, const c10::SymInt& embed_dim,
-                           int64_t num_heads) {
-  TORCH_CHECK_VALUE(x.dim() == 3, name, " expected 3D tensor [B, N, E], got ", x.dim(), "D");
-  TORCH_CHECK_VALUE(num_heads > 0, "num_heads must be positive, got ", num_heads);
-  TORCH_CHECK_VALUE(embed_dim % num_heads == 0, "embed_dim (", embed_dim,
-                    ") must be divisible by num_heads (", num_heads, ")");
-  TORCH_CHECK_VALUE(x.sym_size(2) == embed_dim, name, " expected embedding size ", embed_dim,
-                    ", got ", x.sym_size(2));
+  check_sequence_layout(query.sym_size(1), query.sym_size(2), args);
 }
 
 }  // namespace dilated_attention

@@ -1,4 +1,4 @@
-#include "kernels/dropout_mask.h"
+#include "kernels/index/dropout_mask.h"
 
 #include <cmath>
 

@@ -1,0 +1,37 @@
+// The C++ API of libdilated_attention_ops for LibTorch programs. Each function calls the
+// registered operator through the dispatcher, so autograd, device dispatch and tracing apply
+// exactly as from Python. With CMake:
+//   find_package(dilated_attention_ops REQUIRED)
+//   target_link_libraries(app PRIVATE dilated_attention_ops::dilated_attention_ops)
+// See README.md for the math and the distributed contracts.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+
+namespace dilated_attention {
+
+// Dilated attention of [B, N, H, D] query / key / value (the op dilated_attention::dilated_attention).
+at::Tensor dilated_attention(const at::Tensor& query, const at::Tensor& key,
+                             const at::Tensor& value, at::IntArrayRef segment_lengths,
+                             at::IntArrayRef dilation_rates, double dropout_p = 0.0,
+                             bool is_causal = false, std::optional<double> scale = std::nullopt);
+
+// The recommended sequence-parallel op: this rank's rows [B, N/P, H, D] of q, k, v in, the same
+// rows of the output out. group_name: the c10d group's name ("" = one process).
+at::Tensor ring_dilated_attention_hybrid_optimized_v2(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p = 0.0,
+    bool is_causal = false, std::optional<double> scale = std::nullopt,
+    c10::string_view group_name = "");
+
+// The same with the production safeguards (agreement check, bounded waits naming the peer).
+at::Tensor ring_dilated_attention_production(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p = 0.0,
+    bool is_causal = false, std::optional<double> scale = std::nullopt,
+    c10::string_view group_name = "");
+
+}  // namespace dilated_attention

@@ -1,0 +1,85 @@
+// The CUDA attention kernels: ATen's flash attention for half types and head dims it takes, its
+// memory-efficient kernel otherwise (float32, other head dims); both return the log-sum-exp.
+// Ring merges run in our fused kernel (lse_merge_cuda.cu). What these kernels cannot take is
+// rejected by cuda_check_supported during validation, before any work.
+#include <ATen/ops/_scaled_dot_product_efficient_attention.h>
+#include <ATen/ops/_scaled_dot_product_efficient_attention_backward.h>
+#include <ATen/ops/_scaled_dot_product_flash_attention.h>
+#include <ATen/ops/_scaled_dot_product_flash_attention_backward.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include "kernels/cuda/lse_merge_cuda.h"
+#include "kernels/device_kernels.h"
+
+namespace dilated_attention {
+namespace {
+
+bool is_half_type(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
+
+// ATen's flash attention takes half types with head dims that are multiples of 8, up to 256.
+bool flash_fits(at::ScalarType dtype, int64_t head_dim) {
+  return is_half_type(dtype) && head_dim % 8 == 0 && head_dim <= 256;
+}
+
+// The memory-efficient kernel reads head_dim in 16-byte vectors.
+int64_t efficient_head_dim_multiple(at::ScalarType dtype) { return is_half_type(dtype) ? 8 : 4; }
+
+void cuda_check_supported(const KernelRequest& request) {
+  TORCH_CHECK_VALUE(!request.dropout,
+                    "dropout_p > 0 is not supported on CUDA yet; pass dropout_p=0.0 (eval) or "
+                    "run on the CPU");
+  TORCH_CHECK_VALUE(request.dtype != at::kDouble,
+                    "query dtype float64 is not supported on CUDA (ATen's flash and "
+                    "memory-efficient kernels take float32, bfloat16 and float16); use float32 or "
+                    "run on the CPU");
+  const int64_t multiple = efficient_head_dim_multiple(request.dtype);
+  TORCH_CHECK_VALUE(flash_fits(request.dtype, request.head_dim) || request.head_dim % multiple == 0,
+                    "head_dim (", request.head_dim, ") must be a multiple of ", multiple,
+                    " for ", request.dtype, " on CUDA");
+}
+
+// The memory-efficient kernel keeps its log-sum-exp rows padded to a multiple of 32.
+constexpr int64_t kEfficientLseAlignment = 32;
+
+// Unused by the kernels when dropout_p = 0, but the backward signatures take them.
+at::Tensor no_philox_state() { return at::empty({}, at::dtype(at::kLong)); }
+
+std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, const BlockOptions& options) {
+  if (flash_fits(q.scalar_type(), q.size(-1))) {
+    auto result =
+        at::_scaled_dot_product_flash_attention(q, k, v, 0.0, options.is_causal,
+                                                /*return_debug_mask=*/false, options.scale);
+    return {std::get<0>(result), std::get<1>(result)};
+  }
+  auto result = at::_scaled_dot_product_efficient_attention(
+      q, k, v, std::nullopt, /*compute_log_sumexp=*/true, 0.0, options.is_causal, options.scale);
+  return {std::get<0>(result), std::get<1>(result).narrow(-1, 0, q.size(2))};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_backward(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options) {
+  if (flash_fits(q.scalar_type(), q.size(-1))) {
+    return at::_scaled_dot_product_flash_attention_backward(
+        grad_out, q, k, v, out, lse.contiguous(), at::Tensor(), at::Tensor(), q.size(2), k.size(2),
+        0.0, options.is_causal, no_philox_state(), no_philox_state(), options.scale);
+  }
+  const int64_t rows = q.size(2);
+  const int64_t padding =
+      (kEfficientLseAlignment - rows % kEfficientLseAlignment) % kEfficientLseAlignment;
+  const auto padded_lse = at::constant_pad_nd(lse, {0, padding}, 0.0).contiguous();
+  auto grads = at::_scaled_dot_product_efficient_attention_backward(
+      grad_out, q, k, v, at::Tensor(), out, padded_lse, no_philox_state(), no_philox_state(), 0.0,
+      {true, true, true, false}, options.is_causal, options.scale);
+  return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads)};
+}
+
+const DeviceKernelsRegistration cuda_registration(c10::DeviceType::CUDA,
+                                                  {&cuda_forward, &cuda_backward, &lse_merge_cuda_,
+                                                   &cuda_check_supported});
+
+}  // namespace
+}  // namespace dilated_attention

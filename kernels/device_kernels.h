@@ -1,0 +1,57 @@
+// The attention kernels of each device, looked up by the tensors' device. Each device's files
+// register their own table when the library loads (kernels/cpu/cpu_kernels.cpp,
+// kernels/cuda/cuda_kernels.cpp), so the device-generic code above them (group views, the
+// sharded engine, log-sum-exp merging) never branches on the device, and a build or a device
+// without kernels is a clear error instead of a crash inside ATen.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
+
+#include <tuple>
+
+#include "kernels/block_options.h"
+
+namespace dilated_attention {
+
+// What a call asks of a device's kernels, known before any work is done.
+struct KernelRequest {
+  at::ScalarType dtype = at::kFloat;
+  int64_t head_dim = 0;
+  bool dropout = false;  // dropout_p > 0
+};
+
+struct DeviceKernels {
+  // One batched attention call over [B', h, Lq, D] query and [B', h, Lk, D] key/value views:
+  // (output in the input dtype, log-sum-exp [B', h, Lq] in the accumulation dtype).
+  using Forward = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& q, const at::Tensor& k,
+                                                         const at::Tensor& v,
+                                                         const BlockOptions& options);
+  // Gradients of <grad_out, out> with respect to q, k, v; `out` and `lse` cover ALL key blocks
+  // of these queries, so the recomputed weights are the globally normalised ones.
+  using Backward = std::tuple<at::Tensor, at::Tensor, at::Tensor> (*)(
+      const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+      const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options);
+  // acc_out [..., L, D] and acc_lse [..., L] (accumulation dtype, contiguous) absorb a block's
+  // out and lse: acc_out is updated in place, the merged log-sum-exp is returned.
+  using Merge = at::Tensor (*)(at::Tensor& acc_out, const at::Tensor& acc_lse,
+                               const at::Tensor& block_out, const at::Tensor& block_lse);
+  // Raises ValueError naming what these kernels cannot take (called during validation).
+  using CheckSupported = void (*)(const KernelRequest& request);
+
+  Forward forward = nullptr;
+  Backward backward = nullptr;
+  Merge merge = nullptr;
+  CheckSupported check_supported = nullptr;
+};
+
+// The kernels of `device`; ValueError when this build has none for it.
+const DeviceKernels& kernels_for(c10::DeviceType device);
+
+// Static registration from a device's own file:
+//   const DeviceKernelsRegistration registration(c10::DeviceType::CPU, {...});
+struct DeviceKernelsRegistration {
+  DeviceKernelsRegistration(c10::DeviceType device, const DeviceKernels& kernels);
+};
+
+}  // namespace dilated_attention

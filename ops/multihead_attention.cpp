@@ -1,0 +1,76 @@
+#include "ops/multihead_attention.h"
+
+#include <ATen/ops/linear.h>
+#include <torch/library.h>
+
+#include "ops/validate_multihead.h"
+
+namespace dilated_attention {
+namespace {
+
+at::Tensor split_heads(const at::Tensor& x, int64_t num_heads) {
+  return x.unflatten_symint(-1, {num_heads, x.sym_size(-1) / num_heads});
+}
+
+}  // namespace
+
+at::Tensor projected_attention(const at::Tensor& query, const at::Tensor& key,
+                               const at::Tensor& value, const at::Tensor& q_weight,
+                               const std::optional<at::Tensor>& q_bias, const at::Tensor& k_weight,
+                               const std::optional<at::Tensor>& k_bias, const at::Tensor& v_weight,
+                               const std::optional<at::Tensor>& v_bias,
+                               const at::Tensor& out_weight,
+                               const std::optional<at::Tensor>& out_bias, int64_t num_heads,
+                               const AttentionArgs& args, const DistributedTarget& target) {
+  check_multihead_input(query, "query", q_weight.sym_size(1), num_heads);
+  auto attended =
+      call_distributed_attention(split_heads(at::linear(query, q_weight, q_bias), num_heads),
+                                 split_heads(at::linear(key, k_weight, k_bias), num_heads),
+                                 split_heads(at::linear(value, v_weight, v_bias), num_heads), args,
+                                 target);
+  return at::linear(attended.flatten(-2), out_weight, out_bias);
+}
+
+at::Tensor projected_attention_op(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, const at::Tensor& q_weight,
+                                  const std::optional<at::Tensor>& q_bias,
+                                  const at::Tensor& k_weight,
+                                  const std::optional<at::Tensor>& k_bias,
+                                  const at::Tensor& v_weight,
+                                  const std::optional<at::Tensor>& v_bias,
+                                  const at::Tensor& out_weight,
+                                  const std::optional<at::Tensor>& out_bias, int64_t num_heads,
+                                  DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
+                                  c10::string_view backend) {
+  return projected_attention(query, key, value, q_weight, q_bias, k_weight, k_bias, v_weight,
+                             v_bias, out_weight, out_bias, num_heads,
+                             DILATED_ATTENTION_ARGS_COLLECT(),
+                             {std::string(group_name), std::string(backend)});
+}
+
+at::Tensor fused_self_attention(const at::Tensor& x, const at::Tensor& qkv_weight,
+                                const std::optional<at::Tensor>& qkv_bias,
+                                const at::Tensor& out_weight,
+                                const std::optional<at::Tensor>& out_bias, int64_t num_heads,
+                                const AttentionArgs& args, const DistributedTarget& target) {
+  check_multihead_input(x, "x", qkv_weight.sym_size(1), num_heads);
+  auto qkv = split_heads(at::linear(x, qkv_weight, qkv_bias), 3 * num_heads).chunk(3, -2);
+  auto attended = call_distributed_attention(qkv[0], qkv[1], qkv[2], args, target);
+  return at::linear(attended.flatten(-2), out_weight, out_bias);
+}
+
+}  // namespace dilated_attention
+
+TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
+  const std::string schema =
+      "_multihead_dilated_attention(Tensor query, Tensor key, Tensor value, Tensor q_weight, "
+      "Tensor? q_bias, Tensor k_weight, Tensor? k_bias, Tensor v_weight, Tensor? v_bias, "
+      "Tensor out_weight, Tensor? out_bias, int num_heads, " +
+      dilated_attention::attention_args_schema() +
+      ", str group_name=\"\", str backend=\"segment_ring\") -> Tensor";
+  m.def(schema.c_str(), {at::Tag::pt2_compliant_tag});
+}
+
+TORCH_LIBRARY_IMPL(dilated_attention, CompositeImplicitAutograd, m) {
+  m.impl("_multihead_dilated_attention", &dilated_attention::projected_attention_op);
+}

@@ -1,0 +1,44 @@
+// The functions of include/dilated_attention/ops.h: dispatcher calls, each handle typed from
+// the public declaration itself.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <dilated_attention/ops.h>
+
+namespace dilated_attention {
+namespace {
+
+template <typename Function>
+c10::TypedOperatorHandle<Function> handle_of(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Function>();
+}
+
+}  // namespace
+
+at::Tensor dilated_attention(const at::Tensor& query, const at::Tensor& key,
+                             const at::Tensor& value, at::IntArrayRef segment_lengths,
+                             at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
+                             std::optional<double> scale) {
+  static const auto op = handle_of<decltype(dilated_attention)>("dilated_attention::dilated_attention");
+  return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
+}
+
+at::Tensor ring_dilated_attention_hybrid_optimized_v2(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
+    bool is_causal, std::optional<double> scale, c10::string_view group_name) {
+  static const auto op = handle_of<decltype(ring_dilated_attention_hybrid_optimized_v2)>(
+      "dilated_attention::ring_dilated_attention_hybrid_optimized_v2");
+  return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
+                 group_name);
+}
+
+at::Tensor ring_dilated_attention_production(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
+    bool is_causal, std::optional<double> scale, c10::string_view group_name) {
+  static const auto op = handle_of<decltype(ring_dilated_attention_production)>(
+      "dilated_attention::ring_dilated_attention_production");
+  return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
+                 group_name);
+}
+
+}  // namespace dilated_attention

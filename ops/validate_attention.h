@@ -1,0 +1,32 @@
+// Checks of the shared attention arguments and of query / key / value, used by every op family.
+// Each raises ValueError (TORCH_CHECK_VALUE) naming the argument and the expected value, before
+// any work. The error phrases live here, once: users' code and tests match them verbatim.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "ops/attention_args.h"
+
+namespace dilated_attention {
+
+// segment_lengths / dilation_rates / dropout_p / scale, independent of the tensors.
+void check_attention_args(const AttentionArgs& args);
+
+// query / key / value: 4-D, equal shapes, one device, one supported dtype.
+void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
+                            const at::Tensor& value);
+
+// The sequence layout against the config: H >= G, every s_g divides N, offsets inside segments.
+// Works on symbolic sizes (Meta / torch.compile) too.
+void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,
+                           const AttentionArgs& args);
+
+// What the kernels of the query's device can take (dtype, head dim, dropout). Real devices
+// only: Meta tensors stand for any device.
+void check_device_supports(const at::Tensor& query, const AttentionArgs& args);
+
+// All of the above but the device check, for dilated_attention's arguments.
+void check_dilated_attention_call(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, const AttentionArgs& args);
+
+}  // namespace dilated_attention
