@@ -2,6 +2,7 @@
 // composition of stock ATen ops and (b) dense SDPA over the whole sequence, forward and
 // forward+backward, on CPU. Writes a JSON record and prints a table.
 #include <ATen/ATen.h>
+#include <dilated_attention/ops.h>
 #include <torch/torch.h>
 
 #include <functional>
@@ -13,7 +14,6 @@
 #include "bench/report.h"
 #include "bench/timing.h"
 #include "kernels/index/dilation_plan.h"
-#include <dilated_attention/ops.h>
 
 namespace {
 

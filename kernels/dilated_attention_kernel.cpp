@@ -5,8 +5,8 @@
 #include <ATen/ops/zeros.h>
 
 #include "kernels/block_attention.h"
-#include "kernels/index/dropout_mask.h"
 #include "kernels/group_views.h"
+#include "kernels/index/dropout_mask.h"
 
 namespace dilated_attention {
 namespace {

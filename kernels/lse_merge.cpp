@@ -21,8 +21,7 @@ at::Tensor block_weight(const at::Tensor& lse, const at::Tensor& total) {
 
 // Rows of a fully masked block may hold anything (even NaN): zero them before they count.
 at::Tensor masked_rows_zeroed(const at::Tensor& out, const at::Tensor& lse) {
-  return at::where(fully_masked(lse).unsqueeze(-1), at::zeros_like(out), out)
-      .to(lse.scalar_type());
+  return at::where(fully_masked(lse).unsqueeze(-1), at::zeros_like(out), out).to(lse.scalar_type());
 }
 
 }  // namespace

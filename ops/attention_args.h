@@ -26,14 +26,14 @@ struct AutogradContext;
 namespace dilated_attention {
 
 // The C++ parameters of the shared arguments, as the dispatcher passes them.
-#define DILATED_ATTENTION_ARGS_PARAMS                                                    \
+#define DILATED_ATTENTION_ARGS_PARAMS                                                \
   at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p, \
       bool is_causal, std::optional<double> scale
 
 // The struct of DILATED_ATTENTION_ARGS_PARAMS, in a function that takes them.
-#define DILATED_ATTENTION_ARGS_COLLECT()                                                 \
-  ::dilated_attention::AttentionArgs {                                                   \
-    segment_lengths.vec(), dilation_rates.vec(), dropout_p, is_causal, scale             \
+#define DILATED_ATTENTION_ARGS_COLLECT()                                     \
+  ::dilated_attention::AttentionArgs {                                       \
+    segment_lengths.vec(), dilation_rates.vec(), dropout_p, is_causal, scale \
   }
 
 struct AttentionArgs {

@@ -64,7 +64,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_forward_op(
   // Kernels launch on the inputs' device and its current stream.
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   const uint64_t seed = draw_dropout_seed(args);
-  auto [out, lse] = dilated_attention_forward_kernel(query, key, value, config_for(query, args, seed));
+  auto [out, lse] =
+      dilated_attention_forward_kernel(query, key, value, config_for(query, args, seed));
   return {out, lse, pack_rng_state(seed, query.options())};
 }
 
@@ -76,17 +77,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_op(
   check_dilated_attention_call(query, key, value, args);
   check_device_supports(query, args);
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
-  return dilated_attention_backward_kernel(
-      grad_output, query, key, value, output, softmax_lse,
-      config_for(query, args, unpack_dropout_seed(rng_state)));
+  return dilated_attention_backward_kernel(grad_output, query, key, value, output, softmax_lse,
+                                           config_for(query, args, unpack_dropout_seed(rng_state)));
 }
 
 at::Tensor dilated_attention_op(const at::Tensor& query, const at::Tensor& key,
                                 const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  return std::get<0>(args.unpack([&](auto... shared) {
-    return dilated_attention_forward_op(query, key, value, shared...);
-  }));
+  return std::get<0>(args.unpack(
+      [&](auto... shared) { return dilated_attention_forward_op(query, key, value, shared...); }));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_dilated_attention_forward(
@@ -117,9 +116,10 @@ TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
   using dilated_attention::SchemaDefaults;
   const std::string op = "dilated_attention(Tensor query, Tensor key, Tensor value, " +
                          attention_args_schema() + ") -> Tensor";
-  const std::string forward = "_dilated_attention_forward(Tensor query, Tensor key, Tensor value, " +
-                              attention_args_schema(SchemaDefaults::kWithout) +
-                              ") -> (Tensor output, Tensor softmax_lse, Tensor rng_state)";
+  const std::string forward =
+      "_dilated_attention_forward(Tensor query, Tensor key, Tensor value, " +
+      attention_args_schema(SchemaDefaults::kWithout) +
+      ") -> (Tensor output, Tensor softmax_lse, Tensor rng_state)";
   const std::string backward =
       "_dilated_attention_backward(Tensor grad_output, Tensor query, Tensor key, Tensor value, "
       "Tensor output, Tensor softmax_lse, Tensor rng_state, " +

@@ -35,9 +35,9 @@ class DistributedAttentionFunction
     const auto grad_output = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(saved[3]);
     const DistributedTarget target{ctx->saved_data["group_name"].toStringRef(),
                                    ctx->saved_data["backend"].toStringRef()};
-    auto [grad_query, grad_key, grad_value] = call_distributed_attention_backward(
-        grad_output, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
-        AttentionArgs::load(ctx), target);
+    auto [grad_query, grad_key, grad_value] =
+        call_distributed_attention_backward(grad_output, saved[0], saved[1], saved[2], saved[3],
+                                            saved[4], saved[5], AttentionArgs::load(ctx), target);
     return {grad_query, grad_key, grad_value, at::Tensor(), at::Tensor()};
   }
 };

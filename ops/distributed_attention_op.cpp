@@ -107,11 +107,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
   const uint64_t seed = draw_dropout_seed(args);
   const auto attention = make_attention_config(query.size(2), query.size(3), args, seed);
   comm.reset_bytes_sent();
-  auto [out, lse] = is_sharded(call.backend)
-                        ? sharded_attention_forward(comm, query, key, value,
-                                                    sharded_config(attention, query, call))
-                        : replicated_attention_forward(comm, query, key, value, attention,
-                                                       splits_heads(call));
+  auto [out, lse] =
+      is_sharded(call.backend)
+          ? sharded_attention_forward(comm, query, key, value,
+                                      sharded_config(attention, query, call))
+          : replicated_attention_forward(comm, query, key, value, attention, splits_heads(call));
   record_bytes_sent(comm.bytes_sent());
   return {out, lse, pack_rng_state(seed, query.options())};
 }
@@ -125,8 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
   const auto call = prepare_to_run(query, key, value, args, group_name, backend);
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
-  const auto attention = make_attention_config(query.size(2), query.size(3), args,
-                                               unpack_dropout_seed(rng_state));
+  const auto attention =
+      make_attention_config(query.size(2), query.size(3), args, unpack_dropout_seed(rng_state));
   comm.reset_bytes_sent();
   auto grads = is_sharded(call.backend)
                    ? sharded_attention_backward(comm, grad_output, query, key, value, output,
@@ -188,8 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_attention_backwa
 TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
   using dilated_attention::attention_args_schema;
   using dilated_attention::SchemaDefaults;
-  const std::string inputs = "(Tensor query, Tensor key, Tensor value, " +
-                             attention_args_schema() +
+  const std::string inputs = "(Tensor query, Tensor key, Tensor value, " + attention_args_schema() +
                              ", str group_name=\"\", str backend=\"segment_ring\")";
   const std::string op = "_distributed_dilated_attention" + inputs + " -> Tensor";
   const std::string forward = "_distributed_dilated_attention_forward" + inputs +

@@ -23,29 +23,23 @@ at::Tensor projected_attention(const at::Tensor& query, const at::Tensor& key,
                                const std::optional<at::Tensor>& out_bias, int64_t num_heads,
                                const AttentionArgs& args, const DistributedTarget& target) {
   check_multihead_input(query, "query", q_weight.sym_size(1), num_heads);
-  auto attended =
-      call_distributed_attention(split_heads(at::linear(query, q_weight, q_bias), num_heads),
-                                 split_heads(at::linear(key, k_weight, k_bias), num_heads),
-                                 split_heads(at::linear(value, v_weight, v_bias), num_heads), args,
-                                 target);
+  auto attended = call_distributed_attention(
+      split_heads(at::linear(query, q_weight, q_bias), num_heads),
+      split_heads(at::linear(key, k_weight, k_bias), num_heads),
+      split_heads(at::linear(value, v_weight, v_bias), num_heads), args, target);
   return at::linear(attended.flatten(-2), out_weight, out_bias);
 }
 
-at::Tensor projected_attention_op(const at::Tensor& query, const at::Tensor& key,
-                                  const at::Tensor& value, const at::Tensor& q_weight,
-                                  const std::optional<at::Tensor>& q_bias,
-                                  const at::Tensor& k_weight,
-                                  const std::optional<at::Tensor>& k_bias,
-                                  const at::Tensor& v_weight,
-                                  const std::optional<at::Tensor>& v_bias,
-                                  const at::Tensor& out_weight,
-                                  const std::optional<at::Tensor>& out_bias, int64_t num_heads,
-                                  DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
-                                  c10::string_view backend) {
-  return projected_attention(query, key, value, q_weight, q_bias, k_weight, k_bias, v_weight,
-                             v_bias, out_weight, out_bias, num_heads,
-                             DILATED_ATTENTION_ARGS_COLLECT(),
-                             {std::string(group_name), std::string(backend)});
+at::Tensor projected_attention_op(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const at::Tensor& q_weight, const std::optional<at::Tensor>& q_bias, const at::Tensor& k_weight,
+    const std::optional<at::Tensor>& k_bias, const at::Tensor& v_weight,
+    const std::optional<at::Tensor>& v_bias, const at::Tensor& out_weight,
+    const std::optional<at::Tensor>& out_bias, int64_t num_heads, DILATED_ATTENTION_ARGS_PARAMS,
+    c10::string_view group_name, c10::string_view backend) {
+  return projected_attention(
+      query, key, value, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight, out_bias,
+      num_heads, DILATED_ATTENTION_ARGS_COLLECT(), {std::string(group_name), std::string(backend)});
 }
 
 at::Tensor fused_self_attention(const at::Tensor& x, const at::Tensor& qkv_weight,

@@ -17,17 +17,13 @@ namespace dilated_attention {
 //   Tensor? q_bias, Tensor k_weight, Tensor? k_bias, Tensor v_weight, Tensor? v_bias,
 //   Tensor out_weight, Tensor? out_bias, int num_heads, <shared args>, str group_name="",
 //   str backend="segment_ring") -> Tensor
-at::Tensor projected_attention_op(const at::Tensor& query, const at::Tensor& key,
-                                  const at::Tensor& value, const at::Tensor& q_weight,
-                                  const std::optional<at::Tensor>& q_bias,
-                                  const at::Tensor& k_weight,
-                                  const std::optional<at::Tensor>& k_bias,
-                                  const at::Tensor& v_weight,
-                                  const std::optional<at::Tensor>& v_bias,
-                                  const at::Tensor& out_weight,
-                                  const std::optional<at::Tensor>& out_bias, int64_t num_heads,
-                                  DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
-                                  c10::string_view backend);
+at::Tensor projected_attention_op(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const at::Tensor& q_weight, const std::optional<at::Tensor>& q_bias, const at::Tensor& k_weight,
+    const std::optional<at::Tensor>& k_bias, const at::Tensor& v_weight,
+    const std::optional<at::Tensor>& v_bias, const at::Tensor& out_weight,
+    const std::optional<at::Tensor>& out_bias, int64_t num_heads, DILATED_ATTENTION_ARGS_PARAMS,
+    c10::string_view group_name, c10::string_view backend);
 
 // The same, with the shared arguments gathered.
 at::Tensor projected_attention(const at::Tensor& query, const at::Tensor& key,

@@ -59,7 +59,8 @@ std::string named_op_table_json() {
         {"backend", backend.name},
         {"contract", backend.contract == Contract::kSharded ? "sharded" : "replicated"},
         {"deprecated_class", is_deprecated(op) ? nlohmann::json(op.deprecated_class) : nullptr},
-        {"deprecation_warning", is_deprecated(op) ? nlohmann::json(deprecation_warning(op)) : nullptr},
+        {"deprecation_warning",
+         is_deprecated(op) ? nlohmann::json(deprecation_warning(op)) : nullptr},
     });
   }
   return rows.dump();

@@ -66,16 +66,16 @@ inline constexpr std::array<NamedOp, 9> kNamedOps{{
      DistributedBackend::kCheckedSegmentRing, nullptr},
     {"ring_multihead_dilated_attention", Signature::kFusedSelfAttention,
      DistributedBackend::kSegmentRing, nullptr},
-    {"ring_dilated_attention_v2_collective", Signature::kAttention,
-     DistributedBackend::kAllGather, "RingDilatedAttentionV2Collective"},
+    {"ring_dilated_attention_v2_collective", Signature::kAttention, DistributedBackend::kAllGather,
+     "RingDilatedAttentionV2Collective"},
     {"hilbert_ring_dilated_attention", Signature::kAttention, DistributedBackend::kAllGather,
      "HilbertRingDilatedAttention"},
     {"distributed_improved_dilated_attention", Signature::kAttention,
      DistributedBackend::kReplicatedRows, "DistributedImprovedDilatedAttention"},
     {"distributed_improved_multihead_dilated_attention", Signature::kProjected,
      DistributedBackend::kReplicatedRows, "DistributedImprovedMultiheadDilatedAttention"},
-    {"head_parallel_dilated_attention", Signature::kAttention,
-     DistributedBackend::kReplicatedHeads, "HeadParallelDilatedAttention"},
+    {"head_parallel_dilated_attention", Signature::kAttention, DistributedBackend::kReplicatedHeads,
+     "HeadParallelDilatedAttention"},
 }};
 
 // -DDILATED_ATTENTION_WITHOUT_DEPRECATED=ON leaves the deprecated names out of the build, and

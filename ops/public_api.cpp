@@ -17,7 +17,8 @@ at::Tensor dilated_attention(const at::Tensor& query, const at::Tensor& key,
                              const at::Tensor& value, at::IntArrayRef segment_lengths,
                              at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
                              std::optional<double> scale) {
-  static const auto op = handle_of<decltype(dilated_attention)>("dilated_attention::dilated_attention");
+  static const auto op =
+      handle_of<decltype(dilated_attention)>("dilated_attention::dilated_attention");
   return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
 }
 
@@ -31,10 +32,12 @@ at::Tensor ring_dilated_attention_hybrid_optimized_v2(
                  group_name);
 }
 
-at::Tensor ring_dilated_attention_production(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
-    bool is_causal, std::optional<double> scale, c10::string_view group_name) {
+at::Tensor ring_dilated_attention_production(const at::Tensor& query, const at::Tensor& key,
+                                             const at::Tensor& value,
+                                             at::IntArrayRef segment_lengths,
+                                             at::IntArrayRef dilation_rates, double dropout_p,
+                                             bool is_causal, std::optional<double> scale,
+                                             c10::string_view group_name) {
   static const auto op = handle_of<decltype(ring_dilated_attention_production)>(
       "dilated_attention::ring_dilated_attention_production");
   return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,

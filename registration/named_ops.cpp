@@ -73,9 +73,8 @@ template <size_t I>
 at::Tensor fused_self_attention_alias(const at::Tensor& x, const at::Tensor& qkv_weight,
                                       const std::optional<at::Tensor>& qkv_bias,
                                       const at::Tensor& out_weight,
-                                      const std::optional<at::Tensor>& out_bias,
-                                      int64_t num_heads, DILATED_ATTENTION_ARGS_PARAMS,
-                                      c10::string_view group_name) {
+                                      const std::optional<at::Tensor>& out_bias, int64_t num_heads,
+                                      DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   return fused_self_attention(x, qkv_weight, qkv_bias, out_weight, out_bias, num_heads, args,
                               target_of<I>(group_name));

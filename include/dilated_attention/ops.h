@@ -13,7 +13,8 @@
 
 namespace dilated_attention {
 
-// Dilated attention of [B, N, H, D] query / key / value (the op dilated_attention::dilated_attention).
+// Dilated attention of [B, N, H, D] query / key / value (the op
+// dilated_attention::dilated_attention).
 at::Tensor dilated_attention(const at::Tensor& query, const at::Tensor& key,
                              const at::Tensor& value, at::IntArrayRef segment_lengths,
                              at::IntArrayRef dilation_rates, double dropout_p = 0.0,
@@ -28,10 +29,12 @@ at::Tensor ring_dilated_attention_hybrid_optimized_v2(
     c10::string_view group_name = "");
 
 // The same with the production safeguards (agreement check, bounded waits naming the peer).
-at::Tensor ring_dilated_attention_production(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p = 0.0,
-    bool is_causal = false, std::optional<double> scale = std::nullopt,
-    c10::string_view group_name = "");
+at::Tensor ring_dilated_attention_production(const at::Tensor& query, const at::Tensor& key,
+                                             const at::Tensor& value,
+                                             at::IntArrayRef segment_lengths,
+                                             at::IntArrayRef dilation_rates, double dropout_p = 0.0,
+                                             bool is_causal = false,
+                                             std::optional<double> scale = std::nullopt,
+                                             c10::string_view group_name = "");
 
 }  // namespace dilated_attention

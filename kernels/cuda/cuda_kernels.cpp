@@ -36,8 +36,8 @@ void cuda_check_supported(const KernelRequest& request) {
                     "run on the CPU");
   const int64_t multiple = efficient_head_dim_multiple(request.dtype);
   TORCH_CHECK_VALUE(flash_fits(request.dtype, request.head_dim) || request.head_dim % multiple == 0,
-                    "head_dim (", request.head_dim, ") must be a multiple of ", multiple,
-                    " for ", request.dtype, " on CUDA");
+                    "head_dim (", request.head_dim, ") must be a multiple of ", multiple, " for ",
+                    request.dtype, " on CUDA");
 }
 
 // The memory-efficient kernel keeps its log-sum-exp rows padded to a multiple of 32.

@@ -14,12 +14,13 @@ int main() {
 
   // [B, N, H, D] -> [B, N/s, H, s, D] segments, plain softmax attention inside each.
   auto segments = [](const at::Tensor& x) { return x.unflatten(1, {2, 16}).transpose(2, 3); };
-  const auto weights = at::softmax(
-      at::matmul(segments(q), segments(k).transpose(-1, -2)) / std::sqrt(8.0), -1);
+  const auto weights =
+      at::softmax(at::matmul(segments(q), segments(k).transpose(-1, -2)) / std::sqrt(8.0), -1);
   const auto expected = at::matmul(weights, segments(v)).transpose(2, 3).flatten(1, 2);
   const double error = (out - expected).abs().max().item<double>();
 
-  const auto ring = dilated_attention::ring_dilated_attention_hybrid_optimized_v2(q, k, v, {16}, {1});
+  const auto ring =
+      dilated_attention::ring_dilated_attention_hybrid_optimized_v2(q, k, v, {16}, {1});
   const double ring_error = (ring - out).abs().max().item<double>();
 
   bool raised = false;

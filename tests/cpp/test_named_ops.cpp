@@ -3,14 +3,13 @@
 // (group_name ""), equals the core op, and the deprecated names warn exactly once.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
+#include <dilated_attention/ops.h>
 #include <torch/torch.h>
 
 #include <string>
 #include <vector>
 
 #include "catch_compat.h"
-#include <dilated_attention/ops.h>
-
 #include "ops/named_op_table.h"
 
 namespace {

@@ -1,9 +1,9 @@
 // The op, called from a plain LibTorch program through the public header, against the
 // independent float64 reference: forward and all three gradients.
+#include <dilated_attention/ops.h>
 #include <torch/torch.h>
 
 #include "catch_compat.h"
-#include <dilated_attention/ops.h>
 #include "reference_attention.h"
 
 namespace {

@@ -1,11 +1,11 @@
 // Every validation message, through the dispatcher from C++: each is a c10::ValueError.
+#include <dilated_attention/ops.h>
 #include <torch/torch.h>
 
 #include <functional>
 #include <string>
 
 #include "catch_compat.h"
-#include <dilated_attention/ops.h>
 
 namespace {
 
@@ -59,13 +59,9 @@ TEST_CASE("argument errors name the argument and the expected value", "[validati
 TEST_CASE("tensor errors: shapes, devices and dtypes", "[validation]") {
   using dilated_attention::dilated_attention;
   const auto q = qkv();
-  CHECK(mentions(value_error_of([&] {
-                   dilated_attention(q, qkv({1, 16, 4, 4}), q, {8}, {1});
-                 }),
+  CHECK(mentions(value_error_of([&] { dilated_attention(q, qkv({1, 16, 4, 4}), q, {8}, {1}); }),
                  "Shape mismatch at dimension 3: query has size 8, key has size 4"));
-  CHECK(mentions(value_error_of([&] {
-                   dilated_attention(q, q, qkv({2, 16, 4, 8}), {8}, {1});
-                 }),
+  CHECK(mentions(value_error_of([&] { dilated_attention(q, q, qkv({2, 16, 4, 8}), {8}, {1}); }),
                  "Shape mismatch at dimension 0: query has size 1, value has size 2"));
   CHECK(mentions(value_error_of([&] { dilated_attention(q, q.to(torch::kDouble), q, {8}, {1}); }),
                  "Dtype mismatch"));
