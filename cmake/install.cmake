@@ -8,8 +8,7 @@ set(DILATED_ATTENTION_CMAKE_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/dilated_attention
 
 install(TARGETS dilated_attention_ops
   EXPORT dilated_attention_ops_targets
-  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT development
-  INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT development)
 install(DIRECTORY include/dilated_attention
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT development)
 install(EXPORT dilated_attention_ops_targets
