@@ -2,8 +2,6 @@
 
 #include <c10/util/Exception.h>
 
-#include <nlohmann/json.hpp>
-
 namespace dilated_attention {
 namespace {
 
@@ -48,22 +46,23 @@ std::string deprecation_warning(const NamedOp& op) {
          "implementations that use isend/irecv for better performance.";
 }
 
-std::string named_op_table_json() {
-  auto rows = nlohmann::json::array();
+NamedOpRows named_op_table_rows() {
+  NamedOpRows rows;
   for (const auto& op : kNamedOps) {
     if (!is_built(op)) continue;
     const auto& backend = info_of(op.backend);
-    rows.push_back({
-        {"name", op.name},
-        {"signature", signature_name(op.signature)},
-        {"backend", backend.name},
-        {"contract", backend.contract == Contract::kSharded ? "sharded" : "replicated"},
-        {"deprecated_class", is_deprecated(op) ? nlohmann::json(op.deprecated_class) : nullptr},
-        {"deprecation_warning",
-         is_deprecated(op) ? nlohmann::json(deprecation_warning(op)) : nullptr},
-    });
+    c10::Dict<std::string, std::optional<std::string>> row;
+    row.insert("name", op.name);
+    row.insert("signature", signature_name(op.signature));
+    row.insert("backend", backend.name);
+    row.insert("contract", backend.contract == Contract::kSharded ? "sharded" : "replicated");
+    row.insert("deprecated_class",
+               is_deprecated(op) ? std::optional<std::string>(op.deprecated_class) : std::nullopt);
+    row.insert("deprecation_warning",
+               is_deprecated(op) ? std::optional(deprecation_warning(op)) : std::nullopt);
+    rows.push_back(std::move(row));
   }
-  return rows.dump();
+  return rows;
 }
 
 }  // namespace dilated_attention

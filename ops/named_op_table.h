@@ -3,11 +3,15 @@
 // and the class of the Python project our users come from that it deprecates, if any. The C++
 // registration (registration/named_ops.cpp), the deprecation warnings, the backends a build
 // accepts, the Python classes' backend choice and the test matrix all derive from it; Python
-// reads it through the op `named_op_table() -> str` (JSON).
+// reads it through the op `named_op_table() -> Dict(str, str?)[]`.
 #pragma once
+
+#include <ATen/core/Dict.h>
+#include <ATen/core/List.h>
 
 #include <array>
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -111,8 +115,9 @@ DistributedBackend parse_backend(std::string_view name);
 // The warning a deprecated name gives (the deprecation notice's text).
 std::string deprecation_warning(const NamedOp& op);
 
-// The rows of this build as JSON: [{"name", "signature", "backend", "contract",
-// "deprecated_class", "deprecation_warning"}, ...] (the last two null for recommended names).
-std::string named_op_table_json();
+// The rows of this build, one dict each: "name", "signature", "backend", "contract",
+// "deprecated_class", "deprecation_warning" (the last two None for recommended names).
+using NamedOpRows = c10::List<c10::Dict<std::string, std::optional<std::string>>>;
+NamedOpRows named_op_table_rows();
 
 }  // namespace dilated_attention

@@ -119,7 +119,8 @@ constexpr auto kAllNamedOps = std::make_index_sequence<kNamedOps.size()>{};
 TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
   dilated_attention::define_named_ops(m, dilated_attention::kAllNamedOps);
   // The table itself, for Python (the package's classes and the tests derive from it).
-  m.def("named_op_table() -> str", [] { return dilated_attention::named_op_table_json(); });
+  m.def("named_op_table() -> Dict(str, str?)[]",
+        [] { return dilated_attention::named_op_table_rows(); });
 }
 
 TORCH_LIBRARY_IMPL(dilated_attention, CompositeImplicitAutograd, m) {
