@@ -7,6 +7,7 @@
 #include <string>
 
 #include "catch_compat.h"
+#include "error_messages.h"
 #include "kernels/device_kernels.h"
 
 namespace {
@@ -14,18 +15,8 @@ namespace {
 using dilated_attention::KernelRequest;
 using dilated_attention::kernels_for;
 
-std::string value_error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const c10::ValueError& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
-}
-
-bool mentions(const std::string& message, const std::string& phrase) {
-  return message.find(phrase) != std::string::npos;
-}
+using test_support::mentions;
+using test_support::value_error_of;
 
 }  // namespace
 

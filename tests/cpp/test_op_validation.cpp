@@ -6,22 +6,12 @@
 #include <string>
 
 #include "catch_compat.h"
+#include "error_messages.h"
 
 namespace {
 
-// The message of the c10::ValueError `call` throws ("" when it throws nothing).
-std::string value_error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const c10::ValueError& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
-}
-
-bool mentions(const std::string& message, const std::string& phrase) {
-  return message.find(phrase) != std::string::npos;
-}
+using test_support::mentions;
+using test_support::value_error_of;
 
 at::Tensor qkv(std::vector<int64_t> sizes = {1, 16, 4, 8}) { return torch::randn(sizes); }
 
