@@ -283,10 +283,6 @@ def test_build_dir_follows_the_interpreter(two_configures):
     assert other_prefix in torch_dir.parents, f"Torch_DIR stayed at {torch_dir}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "CMakeLists.txt re-points Torch_DIR at the new torch, but the libraries TorchConfig and "
-    "Caffe2Config find with find_library (c10_LIBRARY, TORCH_LIBRARY, and with CUDA "
-    "C10_CUDA_LIBRARY, CUDA_nvrtc_LIBRARY, ...) stay cached from the first torch"))
 def test_link_line_follows_the_interpreter(two_configures):
     """...and link nothing of the first interpreter's torch: the library's link command names no
     file under the first venv (which may be gone by the next `pip install .`)."""
