@@ -82,6 +82,15 @@ bool all_cuda(const std::vector<Transfer>& sends, const std::vector<Transfer>& r
          std::all_of(receives.begin(), receives.end(), is_cuda);
 }
 
+// Whether the group has a backend for CUDA tensors (NCCL): the device types that setBackend()
+// registered, through getDeviceTypes(), which torch 2.11, 2.13 and 2.14 all have.
+// hasBackendForDeviceType() reads the same registration but is missing from torch 2.11.
+bool has_cuda_backend(const c10d::ProcessGroup& group) {
+  const std::vector<c10::Device> devices = group.getDeviceTypes();
+  return std::any_of(devices.begin(), devices.end(),
+                     [](const c10::Device& d) { return d.type() == c10::DeviceType::CUDA; });
+}
+
 std::string peers_of(const std::vector<Transfer>& transfers) {
   std::string out;
   for (const Transfer& t : transfers) out += (out.empty() ? "" : ",") + std::to_string(t.peer);
@@ -102,8 +111,7 @@ class ProcessGroupCommunicator final : public Communicator {
     internal::check_transfers(sends, receives, rank(), size());
     // NCCL runs the sends and receives of one step as a single group call (no deadlock when
     // every rank sends first); gloo has no coalescing and posts them independently anyway.
-    const bool coalesce = all_cuda(sends, receives) &&
-                          group_->hasBackendForDeviceType(c10::DeviceType::CUDA) &&
+    const bool coalesce = all_cuda(sends, receives) && has_cuda_backend(*group_) &&
                           group_->getBackend(c10::DeviceType::CUDA)->supportsCoalescing();
     if (coalesce) group_->startCoalescing(c10::DeviceType::CUDA);
     std::vector<PostedWork> works;
