@@ -191,6 +191,13 @@ EOF
   WHAT="CUDA $TORCH_CUDA"
 fi
 
+# A build directory configured for another torch keeps that torch's cached paths (Caffe2_DIR,
+# TORCH_LIBRARY, ...): configure it afresh then.
+if [ -f "$BUILD_DIR/CMakeCache.txt" ] && ! grep -qxF \
+  "DILATED_ATTENTION_TORCH_DIR:PATH=$TORCH_TREE/torch/share/cmake/Torch" "$BUILD_DIR/CMakeCache.txt"
+then
+  CMAKE_ARGS+=(--fresh)
+fi
 echo "== configuring $BUILD_DIR against torch $TORCH_FULL_VERSION ($WHAT)"
 cmake "${CMAKE_ARGS[@]}"
 echo "== building dilated_attention_ops (-j$JOBS)"
