@@ -1,5 +1,12 @@
-"""Shared input builders and comparisons for the op tests."""
+"""Shared input builders and comparisons for the op tests, and the test matrix of the
+distributed ops, derived from the library's own table of named ops."""
 
+import functools
+import json
+import os
+from pathlib import Path
+
+import pytest
 import torch
 
 from reference import dilated_attention_reference
@@ -75,3 +82,97 @@ def run_op_and_reference(op, q, k, v, segments, rates, is_causal=False, scale=No
     got = (out, *(t.grad for t in op_inputs))
     expected = (ref, *(t.grad for t in ref_inputs))
     return got, expected
+
+
+# ---------------------------------------------------------------------------------------------
+# The named distributed ops of this build: `torch.ops.dilated_attention.named_op_table()`.
+# Tests parametrise over these rows instead of lists of names, so a build without the deprecated
+# ops (-DDILATED_ATTENTION_WITHOUT_DEPRECATED=ON, whose table has no deprecated rows) simply has
+# no deprecated parameters. A test (or parameter) that exercises a deprecated op, its class or a
+# backend only deprecated ops use carries the `deprecated_op` marker: conftest.py deselects those
+# where the table has no deprecated rows. test_build_options.py checks the table itself against
+# an explicit list.
+# ---------------------------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+deprecated_op = pytest.mark.deprecated_op
+
+
+def library_path() -> Path:
+    default = REPO_ROOT / "build" / "libdilated_attention_ops.so"
+    return Path(os.environ.get("DILATED_ATTENTION_OPS_LIB", default)).resolve()
+
+
+@functools.lru_cache(maxsize=None)
+def named_op_table():
+    """The rows of this build, in the library's order (loads the library if this process has
+    not: spawned ranks import test modules before their bootstrap loads it)."""
+    if not hasattr(torch.ops.dilated_attention, "named_op_table"):
+        torch.ops.load_library(str(library_path()))
+    return tuple(json.loads(torch.ops.dilated_attention.named_op_table()))
+
+
+def op_row(name):
+    for row in named_op_table():
+        if row["name"] == name:
+            return row
+    raise KeyError(f"{name!r} is not a named op of this build")
+
+
+def ops_with(*, signature=None, contract=None, backend=None, deprecated=None):
+    """The names of this build's rows that match every given field, in table order.
+    signature, contract, backend: a value or a tuple of values; deprecated: True / False."""
+    def matches(value, wanted):
+        return wanted is None or value == wanted or (isinstance(wanted, tuple) and value in wanted)
+
+    return [row["name"] for row in named_op_table()
+            if matches(row["signature"], signature) and matches(row["contract"], contract)
+            and matches(row["backend"], backend)
+            and (deprecated is None or (row["deprecated_class"] is not None) == deprecated)]
+
+
+def recommended_ops(**fields):
+    return ops_with(deprecated=False, **fields)
+
+
+def deprecated_ops(**fields):
+    return ops_with(deprecated=True, **fields)
+
+
+def deprecated_ops_built() -> bool:
+    return bool(deprecated_ops())
+
+
+def is_deprecated(name) -> bool:
+    return op_row(name)["deprecated_class"] is not None
+
+
+def backends_with(*, contract=None):
+    """The backends of this build's rows (each once, in table order), optionally of one
+    contract."""
+    found = []
+    for row in named_op_table():
+        if (contract is None or row["contract"] == contract) and row["backend"] not in found:
+            found.append(row["backend"])
+    return found
+
+
+def is_legacy_backend(backend) -> bool:
+    """A backend that only deprecated ops use (the build without them leaves it out)."""
+    users = [row for row in named_op_table() if row["backend"] == backend]
+    assert users, f"no op of this build uses backend {backend!r}"
+    return all(row["deprecated_class"] is not None for row in users)
+
+
+def op_param(*values, op=None, backend=None, id=None):
+    """pytest.param(*values) with the `deprecated_op` marker when `op` is deprecated (or
+    `backend` is one only deprecated ops use)."""
+    deprecated = (op is not None and is_deprecated(op)) or (
+        backend is not None and is_legacy_backend(backend))
+    return pytest.param(*values, id=id, marks=[deprecated_op] if deprecated else [])
+
+
+def op_params(names):
+    """One parameter per op name, id = the name, marked when deprecated."""
+    return [op_param(name, op=name, id=name) for name in names]
