@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from . import _library
+from . import _library, _op_table
 from ._config import resolve_group_name, set_attention_attributes
 from ._deprecation import warn_deprecated
 
@@ -14,13 +14,15 @@ _library.load_library()
 
 
 class DistributedAttentionBase(nn.Module):
-    """Holds what every distributed module passes to the op. A subclass names its backend (the
-    schedule behind one of the op names in ``torch.ops.dilated_attention``); ``forward`` is one
-    call of ``_distributed_dilated_attention``, the op every distributed name resolves to.
-    A subclass that sets ``DEPRECATED`` warns once per process on construction."""
+    """Holds what every distributed module passes to the op. A subclass names its op
+    (``OP_NAME``, a row of the library's named-op table, see ``_op_table``) and takes from that
+    row the backend (the schedule behind the name), the contract ("sharded": this rank's rows;
+    "replicated": the whole sequence on every rank) and, for a deprecated op, the notice it gives
+    once per process on construction. ``forward`` is one call of
+    ``_distributed_dilated_attention`` with that backend, the op every distributed name resolves
+    to. In a build that leaves the op out, construction raises a RuntimeError."""
 
-    BACKEND = "segment_ring"
-    DEPRECATED = False
+    OP_NAME = "ring_dilated_attention_hybrid_optimized_v2"
 
     def __init__(
         self,
@@ -33,10 +35,11 @@ class DistributedAttentionBase(nn.Module):
         process_group=None,
         softmax_scale: Optional[float] = None,
     ):
-        if self.DEPRECATED:
-            warn_deprecated(type(self).__name__)
+        row = _op_table.row(self.OP_NAME, "attention", type(self).__name__)
+        warn_deprecated(row)
         super().__init__()
-        self.backend = self.BACKEND
+        self.backend = row["backend"]
+        self.contract = row["contract"]
         set_attention_attributes(self, segment_lengths, dilation_rates, dropout, softmax_scale)
         self.group_name = resolve_group_name(process_group, ring_size)
 

@@ -9,5 +9,4 @@ class HeadParallelDilatedAttention(DistributedAttentionBase):
     ``DilatedAttention``) and the head slices are all_gathered
     (``head_parallel_dilated_attention``). H must be divisible by P."""
 
-    BACKEND = "replicated_heads"
-    DEPRECATED = True
+    OP_NAME = "head_parallel_dilated_attention"

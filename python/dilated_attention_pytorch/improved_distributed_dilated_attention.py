@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from . import _op_table
 from ._config import (
     init_projections,
     reject_mask_message,
@@ -23,14 +24,16 @@ class DistributedImprovedDilatedAttention(DistributedAttentionBase):
     (``distributed_improved_dilated_attention``). Gradients are exact when every rank's loss
     (and so grad_output) agrees. Use ``RingDilatedAttentionHybridOptimizedV2``."""
 
-    BACKEND = "replicated_rows"
-    DEPRECATED = True
+    OP_NAME = "distributed_improved_dilated_attention"
 
 
 class DistributedImprovedMultiheadDilatedAttention(nn.Module):
     """Deprecated: ``[B, N, E]`` inputs, q/k/v projections, the replicated-rows attention of
     ``DistributedImprovedDilatedAttention``, head merge, output projection
-    (``distributed_improved_multihead_dilated_attention``)."""
+    (``distributed_improved_multihead_dilated_attention``; its backend, contract and notice come
+    from that op's row of the library's named-op table)."""
+
+    OP_NAME = "distributed_improved_multihead_dilated_attention"
 
     def __init__(
         self,
@@ -46,8 +49,11 @@ class DistributedImprovedMultiheadDilatedAttention(nn.Module):
         process_group=None,
         softmax_scale: Optional[float] = None,
     ):
-        warn_deprecated("DistributedImprovedMultiheadDilatedAttention")
+        row = _op_table.row(self.OP_NAME, "projected", type(self).__name__)
+        warn_deprecated(row)
         super().__init__()
+        self.backend = row["backend"]
+        self.contract = row["contract"]
         check_heads(embed_dim, num_heads)
         self.num_heads = num_heads
         set_attention_attributes(self, segment_lengths, dilation_rates, dropout, softmax_scale)
@@ -71,4 +77,4 @@ class DistributedImprovedMultiheadDilatedAttention(nn.Module):
             self.k_proj.bias, self.v_proj.weight, self.v_proj.bias, self.out_proj.weight,
             self.out_proj.bias, self.num_heads, self.segment_lengths, self.dilation_rates,
             self.dropout if self.training else 0.0, is_causal, self.softmax_scale,
-            self.group_name, "replicated_rows")
+            self.group_name, self.backend)

@@ -8,4 +8,4 @@ class RingDilatedAttentionHybridOptimized(DistributedAttentionBase):
     over P - 1 ring steps (``ring_dilated_attention_hybrid_optimized``). Same result as the V2
     class; more bytes moved."""
 
-    BACKEND = "full_ring"
+    OP_NAME = "ring_dilated_attention_hybrid_optimized"

@@ -13,7 +13,7 @@ class RingDilatedAttentionHybridOptimizedV2(DistributedAttentionBase):
     nothing when every segment is local. Without a group it is ``DilatedAttention``.
     ``process_group`` defaults to the world group when torch.distributed is initialised."""
 
-    BACKEND = "segment_ring"
+    OP_NAME = "ring_dilated_attention_hybrid_optimized_v2"
 
 
 RingDilatedAttention = RingDilatedAttentionHybridOptimizedV2

@@ -24,7 +24,7 @@ class RingDilatedAttentionProduction(DistributedAttentionBase):
     do not), and every wait is bounded (``DILATED_ATTENTION_COMM_TIMEOUT_S``, default 300 s): a
     silent peer is named in an error instead of a hang."""
 
-    BACKEND = "segment_ring_checked"
+    OP_NAME = "ring_dilated_attention_production"
 
     def __init__(self, config: RingAttentionConfig, device=None, dtype=None):
         super().__init__(config.segment_lengths, config.dilation_rates, config.dropout,

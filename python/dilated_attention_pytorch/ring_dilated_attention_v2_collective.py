@@ -9,5 +9,4 @@ class RingDilatedAttentionV2Collective(DistributedAttentionBase):
     ``RingDilatedAttentionHybridOptimizedV2``. The op name warns too; this class calls its
     backend directly so the notice is reported once, at construction."""
 
-    BACKEND = "all_gather"
-    DEPRECATED = True
+    OP_NAME = "ring_dilated_attention_v2_collective"

@@ -9,5 +9,4 @@ class HilbertRingDilatedAttention(DistributedAttentionBase):
     reordering cannot change the result and brings no locality to segment-contiguous dilated
     attention, so none is applied. Use ``RingDilatedAttentionHybridOptimizedV2``."""
 
-    BACKEND = "all_gather"
-    DEPRECATED = True
+    OP_NAME = "hilbert_ring_dilated_attention"

@@ -5,12 +5,14 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from . import _op_table
 from ._config import (
     init_projections,
     reject_mask_message,
     resolve_group_name,
     set_attention_attributes,
 )
+from ._deprecation import warn_deprecated
 from .multihead_dilated_attention import check_heads
 
 
@@ -22,7 +24,13 @@ class RingMultiheadDilatedAttention(nn.Module):
 
     Self-attention only: a ``key`` or ``value`` other than ``query`` raises NotImplementedError.
     Returns ``(output, None)``: attention weights are never materialised.
+
+    Runs the op ``ring_multihead_dilated_attention``; with ``layer_norm=True`` (a norm between
+    the attention and ``out_proj``, which the fused op has not) the attention alone runs on that
+    op's backend, read from its row of the library's named-op table.
     """
+
+    OP_NAME = "ring_multihead_dilated_attention"
 
     def __init__(
         self,
@@ -42,7 +50,11 @@ class RingMultiheadDilatedAttention(nn.Module):
         process_group=None,
         softmax_scale: Optional[float] = None,
     ):
+        row = _op_table.row(self.OP_NAME, "fused_self_attention", type(self).__name__)
+        warn_deprecated(row)
         super().__init__()
+        self.backend = row["backend"]
+        self.contract = row["contract"]
         self.head_dim = check_heads(embed_dim, num_heads)
         set_attention_attributes(self, segment_lengths, dilation_rates, dropout, softmax_scale)
         self.embed_dim = embed_dim
@@ -79,11 +91,12 @@ class RingMultiheadDilatedAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if self.use_layer_norm:
             q, k, v = self.qkv_proj(x).unflatten(-1, (3 * self.num_heads, self.head_dim)).chunk(3, -2)
-            attended = torch.ops.dilated_attention.ring_dilated_attention_hybrid_optimized_v2(
+            attended = torch.ops.dilated_attention._distributed_dilated_attention(
                 q, k, v, self.segment_lengths, self.dilation_rates, dropout_p, is_causal,
-                self.softmax_scale, self.group_name)
+                self.softmax_scale, self.group_name, self.backend)
             out = self.out_proj(self.norm(attended.flatten(-2)))
         else:
+            # OP_NAME (TorchScript needs the op spelled out).
             out = torch.ops.dilated_attention.ring_multihead_dilated_attention(
                 x, self.qkv_proj.weight, self.qkv_proj.bias, self.out_proj.weight,
                 self.out_proj.bias, self.num_heads, self.segment_lengths, self.dilation_rates,

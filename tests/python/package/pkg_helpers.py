@@ -1,5 +1,6 @@
 """Float64 references of the package's modules, built from the independent reference attention
-(tests/python/reference.py) and the module's own weights, and a forward+backward comparison."""
+(tests/python/reference.py) and the module's own weights, and a forward+backward comparison;
+which of the package's names this build runs, from the library's table of named ops."""
 
 from pathlib import Path
 from typing import Callable, Dict, Sequence
@@ -7,6 +8,8 @@ from typing import Callable, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
+import dilated_attention_pytorch as dap
+from helpers import named_op_table, op_param
 from reference import dilated_attention_reference
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -17,6 +20,32 @@ LIBRARY = REPO_ROOT / "build" / "libdilated_attention_ops.so"
 ATTENTION_TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5)}
 # Projections and layer norms around the attention lose a little more in float32.
 MULTIHEAD_TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (5e-5, 1e-4)}
+
+
+def op_of(api_name: str):
+    """The named op a package name runs (its class's ``OP_NAME``; a variant may follow the name in
+    parentheses, as in "RingMultiheadDilatedAttention(layer_norm)"), or None for a name that runs
+    no named op of its own (single-device classes, factories and configs)."""
+    return getattr(getattr(dap, api_name.split("(")[0]), "OP_NAME", None)
+
+
+def api_params(names):
+    """One parameter per package name whose op this build has, id = the name, marked
+    `deprecated_op` when its op is deprecated. Names of ops the build leaves out (the deprecated
+    ones in a build without them) have no parameter: test_pkg_api checks those classes raise."""
+    built = {row["name"] for row in named_op_table()}
+    return [op_param(name, op=op_of(name), id=name) for name in names
+            if op_of(name) is None or op_of(name) in built]
+
+
+def distributed_classes():
+    """The package's exported classes that run a named op: name -> class."""
+    found = {}
+    for name in dap.__all__:
+        obj = getattr(dap, name)
+        if isinstance(obj, type) and hasattr(obj, "OP_NAME"):
+            found[name] = obj
+    return found
 
 
 def randn(shape, dtype, seed):

@@ -10,7 +10,7 @@ import torch
 
 import dilated_attention_pytorch as dap
 from helpers import make_qkv
-from pkg_helpers import ATTENTION_TOL
+from pkg_helpers import ATTENTION_TOL, api_params
 from reference import dilated_attention_reference
 
 
@@ -77,7 +77,7 @@ def reference_for(config_index, dtype, layout):
     return _REFERENCE_CACHE[key]
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("name", api_params(BUILDERS))
 @pytest.mark.parametrize("config_index", range(len(CONFIGS)))
 @pytest.mark.parametrize("dtype,layout", [(torch.float64, "contiguous"),
                                           (torch.float32, "transposed")])
@@ -96,7 +96,7 @@ def test_matches_reference_forward_and_backward(name, config_index, dtype, layou
                                    msg=lambda m: f"{name} {what}: {m}")
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("name", api_params(BUILDERS))
 def test_same_result_as_dilated_attention(name):
     """Without a process group every class is DilatedAttention (same kernels: same bits)."""
     q, k, v = make_qkv((2, 32, 4, 8), torch.float32, seed=5)
@@ -105,7 +105,7 @@ def test_same_result_as_dilated_attention(name):
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("name", api_params(BUILDERS))
 def test_dropout_only_in_training(name):
     q, k, v = make_qkv((1, 32, 2, 8), torch.float32, seed=3)
     plain = BUILDERS[name]([16, 32], [1, 2])(q, k, v)
@@ -180,7 +180,7 @@ CONSTRUCTORS = {
 }
 
 
-@pytest.mark.parametrize("name", list(CONSTRUCTORS))
+@pytest.mark.parametrize("name", api_params(CONSTRUCTORS))
 @pytest.mark.parametrize("segs,rates,dropout,message", BAD_CONFIGS)
 def test_constructor_validation(name, segs, rates, dropout, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -215,7 +215,7 @@ def test_ring_size_must_match_group_production_and_multihead():
         dap.RingMultiheadDilatedAttention(32, 4, [8], [1], ring_size=2)
 
 
-def test_modules_have_no_parameters_or_buffers():
-    for name, build in BUILDERS.items():
-        module = build([8], [1])
-        assert list(module.parameters()) == [] and module.state_dict() == {}, name
+@pytest.mark.parametrize("name", api_params(BUILDERS))
+def test_modules_have_no_parameters_or_buffers(name):
+    module = BUILDERS[name]([8], [1])
+    assert list(module.parameters()) == [] and module.state_dict() == {}, name

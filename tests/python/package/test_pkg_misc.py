@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dilated_attention_pytorch as dap
-from helpers import TOLERANCES, make_qkv
+from helpers import TOLERANCES, deprecated_op, make_qkv
 from pkg_helpers import MULTIHEAD_TOL, compare_with_reference, randn, ring_multihead_reference
 from reference import dilated_attention_reference
 
@@ -82,6 +82,10 @@ def test_ring_multihead_softmax_scale(layer_norm):
 def test_reprs_name_the_configuration():
     assert "segment_lengths=[8, 16], dilation_rates=[1, 2]" in repr(MODULES["DilatedAttention"]())
     assert "segment_lengths=[8, 16]" in repr(MODULES["RingDilatedAttentionHybridOptimizedV2"]())
+
+
+@deprecated_op
+def test_repr_of_a_deprecated_class_names_the_configuration():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         assert "dilation_rates=[1, 2]" in repr(dap.RingDilatedAttentionV2Collective(SEGS, RATES))
