@@ -19,8 +19,15 @@ if not LIB_PATH.is_file():
 torch.ops.load_library(str(LIB_PATH))
 torch.set_num_threads(2)
 
+from helpers import deprecated_ops_built  # noqa: E402  (after the library is loaded)
+
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "deprecated_op: exercises a deprecated named op, its class, or a backend only deprecated "
+        "ops use; deselected where the library's named-op table has no deprecated rows",
+    )
     # torch.jit itself (also used inside torch.compile) warns that it is deprecated.
     config.addinivalue_line(
         "filterwarnings", r"ignore:`torch\.jit\.script.*` is deprecated:DeprecationWarning"
@@ -38,23 +45,16 @@ def op():
 
 
 # Built with -DDILATED_ATTENTION_WITHOUT_DEPRECATED=ON, the library leaves out the deprecated
-# all_gather op names and backends (the notice's final removal step). Tests of those are then
-# deselected (not skipped: test_without_deprecated.py checks that they are really gone instead).
-DEPRECATED_OPS_BUILT = hasattr(torch.ops.dilated_attention, "ring_dilated_attention_v2_collective")
-DEPRECATED_WORDS = (
-    "v2_collective", "V2Collective", "hilbert", "Hilbert", "distributed_improved",
-    "DistributedImproved", "head_parallel", "HeadParallel", "deprecat", "Deprecat",
-    "all_gather", "replicated", "migration",
-    # Tests that run deprecated names inside a shared worker or beside the recommended ones:
-    "test_pkg_distributed.py", "test_exact_bytes", "test_every_call_warns_under_warn_always",
-    "test_canonical_names_never_warn", "test_nothing_else_warns",
-)
+# all_gather op names and backends (the notice's final removal step), and its table of named ops
+# (helpers.named_op_table) has no deprecated rows. Parametrisations over the table then have no
+# deprecated parameters, and the tests marked `deprecated_op` are deselected (not skipped:
+# test_build_options.py checks that the names and backends are really gone instead).
 
 
 def pytest_collection_modifyitems(config, items):
-    if DEPRECATED_OPS_BUILT:
+    if deprecated_ops_built():
         return
-    removed = [item for item in items if any(word in item.nodeid for word in DEPRECATED_WORDS)]
+    removed = [item for item in items if item.get_closest_marker("deprecated_op")]
     if removed:
         config.hook.pytest_deselected(items=removed)
         items[:] = [item for item in items if item not in removed]

@@ -2,16 +2,20 @@
 key position) in global coordinates, so with the same seed on every rank each distributed
 schedule reproduces the single-device op's dropout exactly, forward and backward."""
 
+import functools
+import traceback
+
 import pytest
 import torch
 
 from distributed_harness import run_on_ranks
+from helpers import backends_with, deprecated_op, op_param
 
 SEGMENTS, RATES, P_DROP = [8, 16, 48], [1, 2, 3], 0.3
-# all_gather serves only the deprecated ops, which a build may leave out.
-LEGACY_BUILT = hasattr(torch.ops.dilated_attention, "ring_dilated_attention_v2_collective")
-SHARDED = ["segment_ring", "full_ring", "segment_ring_checked"] + (["all_gather"] if LEGACY_BUILT else [])
-REPLICATED = ["replicated_rows", "replicated_heads"]
+# Every backend of this build, from the library's table (the build without the deprecated ops
+# has none of the backends only they use).
+SHARDED = backends_with(contract="sharded")
+REPLICATED = backends_with(contract="replicated")
 
 
 def dropout_worker(ctx, backends, heads):
@@ -28,30 +32,53 @@ def dropout_worker(ctx, backends, heads):
     errors = {}
     for backend in backends:
         for causal in (False, True):
-            torch.manual_seed(7)
-            ref = ops.dilated_attention(q, k, v, SEGMENTS, RATES, P_DROP, causal)
-            ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
-            sharded = backend not in REPLICATED
-            pick = (lambda t: t[:, rows]) if sharded else (lambda t: t)
-            inputs = [pick(t.detach()).clone().requires_grad_() for t in (q, k, v)]
-            torch.manual_seed(7)  # the same seed as the single-device call, on every rank
-            out = ops._distributed_dilated_attention(*inputs, SEGMENTS, RATES, P_DROP, causal,
-                                                     None, group, backend)
-            grads = torch.autograd.grad(out, inputs, pick(grad))
-            errors[(backend, causal)] = max(
-                [(out - pick(ref)).abs().max().item()]
-                + [(a - pick(b)).abs().max().item() for a, b in zip(grads, ref_grads)])
+            try:
+                torch.manual_seed(7)
+                ref = ops.dilated_attention(q, k, v, SEGMENTS, RATES, P_DROP, causal)
+                ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+                sharded = backend not in REPLICATED
+                pick = (lambda t: t[:, rows]) if sharded else (lambda t: t)
+                inputs = [pick(t.detach()).clone().requires_grad_() for t in (q, k, v)]
+                torch.manual_seed(7)  # the same seed as the single-device call, on every rank
+                out = ops._distributed_dilated_attention(*inputs, SEGMENTS, RATES, P_DROP,
+                                                         causal, None, group, backend)
+                grads = torch.autograd.grad(out, inputs, pick(grad))
+                errors[(backend, causal)] = max(
+                    [(out - pick(ref)).abs().max().item()]
+                    + [(a - pick(b)).abs().max().item() for a, b in zip(grads, ref_grads)])
+            except Exception:  # noqa: BLE001 - reported by the test of this backend
+                errors[(backend, causal)] = traceback.format_exc()
     return errors
 
 
+@functools.lru_cache(maxsize=None)
+def _run(world_size, contract):
+    """One spawn per world size and contract runs every backend of that contract."""
+    backends, heads = (SHARDED, 5) if contract == "sharded" else (REPLICATED, 4)
+    try:
+        return run_on_ranks(dropout_worker, world_size, (backends, heads), timeout=150)
+    except Exception as e:  # noqa: BLE001 - re-raised by every test that needs this run
+        return e
+
+
+def assert_dropout_equal(world_size, contract, backend):
+    outcome = _run(world_size, contract)
+    if isinstance(outcome, Exception):
+        raise outcome
+    for rank, per_rank in enumerate(outcome):
+        for causal in (False, True):
+            error = per_rank[(backend, causal)]
+            assert not isinstance(error, str), f"rank {rank}, causal={causal}:\n{error}"
+            assert error < 1e-12, (rank, backend, causal, error)
+
+
+@pytest.mark.parametrize("backend", [op_param(b, backend=b, id=b) for b in SHARDED])
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_sharded_dropout_equals_single_device(world_size):
-    for per_rank in run_on_ranks(dropout_worker, world_size, (SHARDED, 5), timeout=150):
-        for key, error in per_rank.items():
-            assert error < 1e-12, key
+def test_sharded_dropout_equals_single_device(world_size, backend):
+    assert_dropout_equal(world_size, "sharded", backend)
 
 
-def test_replicated_dropout_equals_single_device():
-    for per_rank in run_on_ranks(dropout_worker, 2, (REPLICATED, 4), timeout=150):
-        for key, error in per_rank.items():
-            assert error < 1e-12, key
+@deprecated_op  # only deprecated names use the replicated backends
+@pytest.mark.parametrize("backend", [op_param(b, backend=b, id=b) for b in REPLICATED])
+def test_replicated_dropout_equals_single_device(backend):
+    assert_dropout_equal(2, "replicated", backend)

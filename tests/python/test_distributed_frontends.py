@@ -28,24 +28,16 @@ import torch
 import torch.distributed as dist
 
 from distributed_harness import library_path, run_on_ranks
+from helpers import (backends_with, deprecated_op, deprecated_ops, op_param, op_row,
+                     recommended_ops)
 
-DEPRECATED = {
-    "ring_dilated_attention_v2_collective": "RingDilatedAttentionV2Collective",
-    "hilbert_ring_dilated_attention": "HilbertRingDilatedAttention",
-    "distributed_improved_dilated_attention": "DistributedImprovedDilatedAttention",
-    "distributed_improved_multihead_dilated_attention":
-        "DistributedImprovedMultiheadDilatedAttention",
-    "head_parallel_dilated_attention": "HeadParallelDilatedAttention",
-}
-CANONICAL = [
-    "ring_dilated_attention_hybrid_optimized_v2",
-    "ring_dilated_attention_hybrid_optimized",
-    "ring_dilated_attention_production",
-    "ring_multihead_dilated_attention",
-]
+# The names of this build, from the library's table: deprecated name -> its class.
+DEPRECATED = {name: op_row(name)["deprecated_class"] for name in deprecated_ops()}
+CANONICAL = recommended_ops()
 
 
 def deprecation_text(cls: str) -> str:
+    """The notice, written out here independently of the library's table."""
     return (f"{cls} is deprecated. This implementation uses all_gather which has poor performance "
             "characteristics. Please use RingDilatedAttentionHybridOptimizedV2 or other ring "
             "implementations that use isend/irecv for better performance.")
@@ -68,14 +60,14 @@ WARNING_SCRIPT = textwrap.dedent(
     x = torch.randn(1, 16, 16)
     w = torch.randn(16, 16) / 4
 
-    def call(name):
-        if name == "ring_multihead_dilated_attention":
-            return ops.ring_multihead_dilated_attention(x, torch.cat([w, w, w]), None, w, None, 4,
-                                                        [8, 16], [1, 2])
-        if name == "distributed_improved_multihead_dilated_attention":
-            return ops.distributed_improved_multihead_dilated_attention(
-                x, x, x, w, None, w, None, w, None, w, None, 4, [8, 16], [1, 2])
-        return getattr(ops, name)(q, q, q, [8, 16], [1, 2], 0.0, False, None, "")
+    def call(name, signature):
+        op = getattr(ops, name)
+        if signature == "fused_self_attention":
+            return op(x, torch.cat([w, w, w]), None, w, None, 4, [8, 16], [1, 2])
+        if signature == "projected":
+            return op(x, x, x, w, None, w, None, w, None, w, None, 4, [8, 16], [1, 2])
+        assert signature == "attention", signature
+        return op(q, q, q, [8, 16], [1, 2], 0.0, False, None, "")
 
     report = {}
     for phase, warn_always, names in phases:
@@ -84,9 +76,9 @@ WARNING_SCRIPT = textwrap.dedent(
         sys.stderr.flush()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for name in names:
-                call(name)
-                call(name)
+            for name, signature in names:
+                call(name, signature)
+                call(name, signature)
         sys.stderr.flush()
         report[phase] = [[w.category.__name__, str(w.message)] for w in caught]
     sys.stderr.write("@@END\n")
@@ -99,13 +91,18 @@ LOG_LINE = re.compile(r"Warning: (.*?) \(function \w+\)\s*$")
 
 @functools.lru_cache(maxsize=None)
 def warning_run():
+    def with_signatures(names):
+        return [(name, op_row(name)["signature"]) for name in names]
+
+    # Every name of this build's table (a build without the deprecated ops has none of them in
+    # the last two phases).
     phases = [
         # Canonical names first, under warn_always: they must never warn.
-        ("canonical", True, CANONICAL),
+        ("canonical", True, with_signatures(CANONICAL)),
         # Each deprecated name called twice: one warning each per process.
-        ("once", False, list(DEPRECATED)),
+        ("once", False, with_signatures(DEPRECATED)),
         # Under torch.set_warn_always(True): every call warns.
-        ("always", True, list(DEPRECATED)),
+        ("always", True, with_signatures(DEPRECATED)),
     ]
     proc = subprocess.run(
         [sys.executable, "-c", WARNING_SCRIPT, str(library_path()), json.dumps(phases)],
@@ -135,6 +132,7 @@ def deprecation_messages(phase: str) -> List[str]:
     return from_log
 
 
+@deprecated_op
 def test_warning_channel_carries_the_deprecations(record_property):
     python_side, logged = warning_run()
     in_python = any("is deprecated" in m for _, m in python_side["once"])
@@ -142,12 +140,14 @@ def test_warning_channel_carries_the_deprecations(record_property):
     assert deprecation_messages("once"), (python_side, logged)
 
 
+@deprecated_op
 def test_deprecated_names_warn_once_per_process_with_the_exact_text():
     messages = deprecation_messages("once")
     # Each deprecated name was called twice; each warns exactly once; canonical names never.
     assert sorted(messages) == sorted(deprecation_text(cls) for cls in DEPRECATED.values())
 
 
+@deprecated_op
 def test_every_call_warns_under_warn_always():
     messages = deprecation_messages("always")
     assert sorted(messages) == sorted(2 * [deprecation_text(cls) for cls in DEPRECATED.values()])
@@ -159,6 +159,7 @@ def test_canonical_names_never_warn():
     assert logged["canonical"] == [], logged["canonical"]
 
 
+@deprecated_op
 def test_nothing_else_warns():
     python_side, logged = warning_run()
     allowed = {deprecation_text(cls) for cls in DEPRECATED.values()}
@@ -184,8 +185,8 @@ def gloo_group_name(tmp_path_factory):
         dist.destroy_process_group()
 
 
-BACKENDS = ["segment_ring", "full_ring", "segment_ring_checked", "all_gather", "replicated_rows",
-            "replicated_heads"]
+# Every backend of this build, marked when only deprecated names use it.
+BACKENDS = [op_param(backend, backend=backend, id=backend) for backend in backends_with()]
 
 
 def _qkv(requires_grad, dtype=torch.float64, shape=(2, 16, 4, 4)):

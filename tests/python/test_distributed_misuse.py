@@ -11,18 +11,13 @@ import pytest
 import torch
 
 from distributed_harness import run_on_ranks
+from helpers import deprecated_op, op_params, op_row, ops_with
 
-ATTENTION_OPS = [
-    "ring_dilated_attention_hybrid_optimized_v2",
-    "ring_dilated_attention_hybrid_optimized",
-    "ring_dilated_attention_production",
-    "ring_dilated_attention_v2_collective",
-    "hilbert_ring_dilated_attention",
-    "distributed_improved_dilated_attention",
-    "head_parallel_dilated_attention",
-]
-MULTIHEAD_OPS = ["ring_multihead_dilated_attention",
-                 "distributed_improved_multihead_dilated_attention"]
+# Every named op of this build, from the library's table.
+ATTENTION_OPS = ops_with(signature="attention")
+MULTIHEAD_OPS = ops_with(signature=("projected", "fused_self_attention"))
+# The ops whose ranks each attend H / P heads.
+HEAD_PARALLEL_OPS = ops_with(backend="replicated_heads")
 BAD_GROUP = "no-such-group-42"
 TIMEOUT_S = 3.0
 
@@ -30,21 +25,21 @@ TIMEOUT_S = 3.0
 def call_with_group(op_name: str, group_name: str, *, H=4, N=32, dtype=torch.float32):
     """Calls `op_name` on small valid inputs (a shard of N / P rows for sharded ops is fine: the
     inputs are valid for P = 1 and 2)."""
-    ops = torch.ops.dilated_attention
+    op = getattr(torch.ops.dilated_attention, op_name)
+    signature = op_row(op_name)["signature"]
     gen = torch.Generator().manual_seed(0)
-    if op_name in MULTIHEAD_OPS:
+    if signature in ("fused_self_attention", "projected"):
         E = 4 * H
         x = torch.randn(1, N, E, generator=gen, dtype=dtype)
         w = torch.randn(E, E, generator=gen, dtype=dtype)
-        if op_name == "ring_multihead_dilated_attention":
-            return ops.ring_multihead_dilated_attention(
-                x, torch.cat([w, w, w]), None, w, None, H, [8, 16], [1, 2], 0.0, False, None,
-                group_name)
-        return ops.distributed_improved_multihead_dilated_attention(
-            x, x, x, w, None, w, None, w, None, w, None, H, [8, 16], [1, 2], 0.0, False, None,
-            group_name)
+        if signature == "fused_self_attention":
+            return op(x, torch.cat([w, w, w]), None, w, None, H, [8, 16], [1, 2], 0.0, False, None,
+                      group_name)
+        return op(x, x, x, w, None, w, None, w, None, w, None, H, [8, 16], [1, 2], 0.0, False,
+                  None, group_name)
+    assert signature == "attention", signature
     q = torch.randn(1, N, H, 4, generator=gen, dtype=dtype)
-    return getattr(ops, op_name)(q, q, q, [8, 16], [1, 2], 0.0, False, None, group_name)
+    return op(q, q, q, [8, 16], [1, 2], 0.0, False, None, group_name)
 
 
 def outcome(fn):
@@ -61,7 +56,7 @@ def outcome(fn):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op_name", ATTENTION_OPS + MULTIHEAD_OPS)
+@pytest.mark.parametrize("op_name", op_params(ATTENTION_OPS + MULTIHEAD_OPS))
 def test_unknown_group_name_in_a_plain_process(op_name):
     with pytest.raises(ValueError, match=f"'{BAD_GROUP}' is not a registered process group"):
         call_with_group(op_name, BAD_GROUP)
@@ -96,8 +91,10 @@ def misuse_worker(ctx):
         results["bad_group"][op_name] = outcome(lambda: call_with_group(op_name, BAD_GROUP))
 
     q5 = torch.randn(1, 16, 5, 4)
-    results["head_parallel"] = outcome(lambda: ops.head_parallel_dilated_attention(
-        q5, q5, q5, [8, 16], [1, 2], 0.0, False, None, ctx.group_name))
+    results["head_parallel"] = {
+        op_name: outcome(lambda: getattr(ops, op_name)(q5, q5, q5, [8, 16], [1, 2], 0.0, False,
+                                                       None, ctx.group_name))
+        for op_name in HEAD_PARALLEL_OPS}
 
     for label, mine0, mine1, _ in DISAGREEMENTS:
         mine = mine0 if ctx.rank == 0 else mine1
@@ -131,7 +128,7 @@ def misuse_results():
     return outcome_
 
 
-@pytest.mark.parametrize("op_name", ATTENTION_OPS + MULTIHEAD_OPS)
+@pytest.mark.parametrize("op_name", op_params(ATTENTION_OPS + MULTIHEAD_OPS))
 def test_unknown_group_name_with_a_live_group(op_name):
     for rank, res in enumerate(misuse_results()):
         got = res["bad_group"][op_name]
@@ -141,11 +138,14 @@ def test_unknown_group_name_with_a_live_group(op_name):
         assert f"'{BAD_GROUP}' is not a registered process group" in message, message
 
 
-def test_head_parallel_needs_heads_divisible_by_world_size():
+@deprecated_op  # only deprecated names use the head-parallel backend
+@pytest.mark.parametrize("op_name", op_params(HEAD_PARALLEL_OPS))
+def test_head_parallel_needs_heads_divisible_by_world_size(op_name):
     for rank, res in enumerate(misuse_results()):
-        assert res["head_parallel"] is not None, f"rank {rank}: no error"
-        kind, message = res["head_parallel"]
-        assert kind == "ValueError", res["head_parallel"]
+        got = res["head_parallel"][op_name]
+        assert got is not None, f"rank {rank}: no error"
+        kind, message = got
+        assert kind == "ValueError", got
         assert ("num_heads (5) must be divisible by the world size (2) for head-parallel "
                 "attention") in message
 

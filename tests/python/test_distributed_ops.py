@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from distributed_harness import run_on_ranks
+from helpers import op_param, op_row, ops_with
 
 # ---------------------------------------------------------------------------------------------
 # Configurations
@@ -53,16 +54,11 @@ CONFIGS = {
     "sparse-s8.32-r1.16-H4": dict(B=1, N=32, H=4, D=4, segs=[8, 32], rates=[1, 16]),
 }
 
-SHARDED_OPS = [
-    "ring_dilated_attention_hybrid_optimized_v2",
-    "ring_dilated_attention_hybrid_optimized",
-    "ring_dilated_attention_production",
-    "ring_dilated_attention_v2_collective",
-    "hilbert_ring_dilated_attention",
-]
-REPLICATED_OPS = ["distributed_improved_dilated_attention", "head_parallel_dilated_attention"]
-MULTIHEAD_OPS = ["ring_multihead_dilated_attention",
-                 "distributed_improved_multihead_dilated_attention"]
+# Every named op of this build, from the library's table (a build without the deprecated ops
+# has none of them); the signature picks the check, the contract what each rank passes.
+SHARDED_OPS = ops_with(signature="attention", contract="sharded")
+REPLICATED_OPS = ops_with(signature="attention", contract="replicated")
+MULTIHEAD_OPS = ops_with(signature=("projected", "fused_self_attention"))
 ALL_OPS = SHARDED_OPS + REPLICATED_OPS + MULTIHEAD_OPS
 
 # (dtype name, tolerance used as atol and rtol) against the core op in the same dtype.
@@ -74,9 +70,13 @@ WORLDS = {"P1-empty": (1, ""), "P1-gloo": (1, "gloo"), "P2": (2, "gloo"), "P4": 
 SPAWNS = {1: ["P1-empty", "P1-gloo"], 2: ["P2"], 4: ["P4"]}
 
 
+def heads_divide(cfg: dict, world_size: int) -> bool:
+    return cfg["H"] % world_size == 0
+
+
 def op_applies(op_name: str, cfg: dict, world_size: int) -> bool:
-    if op_name == "head_parallel_dilated_attention":
-        return cfg["H"] % world_size == 0
+    if op_row(op_name)["backend"] == "replicated_heads":  # each rank attends H / P heads
+        return heads_divide(cfg, world_size)
     return True
 
 
@@ -184,29 +184,47 @@ def _multihead_reference(q_in, k_in, v_in, weights, H, cfg, causal):
 
 
 def _multihead_check(ctx, op_name, cfg, causal, dtype, tol, group_name, seed_key, failures):
+    """Projections + attention + output projection. A sharded op's weight gradients are this
+    rank's share: their sum over ranks (all_reduce) must be the full gradient; a replicated op
+    has the full gradients on every rank."""
     import torch.distributed as dist
 
+    row = op_row(op_name)
+    op = getattr(torch.ops.dilated_attention, op_name)
     B, N, H, D = cfg["B"], cfg["N"], cfg["H"], cfg["D"]
     E = H * D
     P, rank = ctx.world_size, ctx.rank
+    sharded = row["contract"] == "sharded"
+    n = N // P if sharded else N
+    rows = slice(rank * n, (rank + 1) * n) if sharded else slice(None)
     gen = _generator(seed_key, dtype)
     with_bias = not causal  # both bias paths are covered: with bias and with None
     w = 1.0 / math.sqrt(E)
 
-    def weight(rows):
-        return _randn(gen, rows, E, dtype=dtype, scale=w)
+    def weight(rows_):
+        return _randn(gen, rows_, E, dtype=dtype, scale=w)
 
-    def bias(n):
-        return _randn(gen, n, dtype=dtype, scale=0.1) if with_bias else None
+    def bias(n_):
+        return _randn(gen, n_, dtype=dtype, scale=0.1) if with_bias else None
 
-    if op_name == "ring_multihead_dilated_attention":
+    def weight_grads(names, mine, refs):
+        for name, p, r in zip(names, mine, refs):
+            if p is None:
+                continue
+            total = p.grad.clone()
+            if sharded and P > 1:
+                dist.all_reduce(total, group=ctx.group)  # each rank holds its rows' share
+            _compare(failures, f"grad {name}" + (" (summed over ranks)" if sharded else ""),
+                     total, r.grad, tol)
+
+    if row["signature"] == "fused_self_attention":
         x, grad = _randn(gen, B, N, E, dtype=dtype), _randn(gen, B, N, E, dtype=dtype)
         qkv_weight, qkv_bias, out_weight, out_bias = weight(3 * E), bias(3 * E), weight(E), bias(E)
         params = [t for t in (qkv_weight, qkv_bias, out_weight, out_bias) if t is not None]
         # Reference: q, k, v = split of the fused projection in that order along 3E.
         ref_x, ref_params = _leaf(x), [_leaf(t) for t in params]
-        rw = dict(zip([n for n, t in zip(("qkv_w", "qkv_b", "out_w", "out_b"),
-                                          (qkv_weight, qkv_bias, out_weight, out_bias))
+        rw = dict(zip([n_ for n_, t in zip(("qkv_w", "qkv_b", "out_w", "out_b"),
+                                           (qkv_weight, qkv_bias, out_weight, out_bias))
                        if t is not None], ref_params))
         wq, wk, wv = rw["qkv_w"].split(E, 0)
         bq, bk, bv = rw["qkv_b"].split(E, 0) if with_bias else (None, None, None)
@@ -215,24 +233,18 @@ def _multihead_check(ctx, op_name, cfg, causal, dtype, tol, group_name, seed_key
                                    H, cfg, causal)
         ref.backward(grad)
 
-        n = N // P
-        rows = slice(rank * n, (rank + 1) * n)
-        x_shard, my_params = _leaf(x[:, rows]), [_leaf(t) for t in params]
+        x_mine, my_params = _leaf(x[:, rows]), [_leaf(t) for t in params]
         mine = dict(zip(rw.keys(), my_params))
-        out = torch.ops.dilated_attention.ring_multihead_dilated_attention(
-            x_shard, mine["qkv_w"], mine.get("qkv_b"), mine["out_w"], mine.get("out_b"), H,
-            cfg["segs"], cfg["rates"], 0.0, causal, cfg.get("scale"), group_name)
+        out = op(x_mine, mine["qkv_w"], mine.get("qkv_b"), mine["out_w"], mine.get("out_b"), H,
+                 cfg["segs"], cfg["rates"], 0.0, causal, cfg.get("scale"), group_name)
         out.backward(grad[:, rows])
         _compare(failures, "output", out.detach(), ref[:, rows].detach(), tol)
-        _compare(failures, "grad x", x_shard.grad, ref_x.grad[:, rows], tol)
-        for name, p, r in zip(rw.keys(), my_params, ref_params):
-            total = p.grad.clone()
-            if P > 1:
-                dist.all_reduce(total, group=ctx.group)  # each rank holds its rows' share
-            _compare(failures, f"grad {name} (summed over ranks)", total, r.grad, tol)
+        _compare(failures, "grad x", x_mine.grad, ref_x.grad[:, rows], tol)
+        weight_grads(rw.keys(), my_params, ref_params)
         return
 
-    # distributed_improved_multihead_dilated_attention: replicated, separate projections.
+    assert row["signature"] == "projected", row
+    # Separate q, k, v projections.
     q_in, k_in, v_in, grad = (_randn(gen, B, N, E, dtype=dtype) for _ in range(4))
     weights = [weight(E), bias(E), weight(E), bias(E), weight(E), bias(E), weight(E), bias(E)]
     ref_inputs = [_leaf(t) for t in (q_in, k_in, v_in)]
@@ -240,20 +252,17 @@ def _multihead_check(ctx, op_name, cfg, causal, dtype, tol, group_name, seed_key
     ref = _multihead_reference(*ref_inputs, ref_weights, H, cfg, causal)
     ref.backward(grad)
 
-    inputs = [_leaf(t) for t in (q_in, k_in, v_in)]
+    inputs = [_leaf(t[:, rows]) for t in (q_in, k_in, v_in)]
     my_weights = [None if t is None else _leaf(t) for t in weights]
-    out = torch.ops.dilated_attention.distributed_improved_multihead_dilated_attention(
-        *inputs, *my_weights, H, cfg["segs"], cfg["rates"], 0.0, causal, cfg.get("scale"),
-        group_name)
-    out.backward(grad)
-    _compare(failures, "output", out.detach(), ref.detach(), tol)
+    out = op(*inputs, *my_weights, H, cfg["segs"], cfg["rates"], 0.0, causal, cfg.get("scale"),
+             group_name)
+    out.backward(grad[:, rows])
+    _compare(failures, "output", out.detach(), ref[:, rows].detach(), tol)
     for name, t, r in zip(("query", "key", "value"), inputs, ref_inputs):
-        _compare(failures, f"grad {name}", t.grad, r.grad, tol)
+        _compare(failures, f"grad {name}", t.grad, r.grad[:, rows], tol)
     names = ["q_weight", "q_bias", "k_weight", "k_bias", "v_weight", "v_bias", "out_weight",
              "out_bias"]
-    for name, t, r in zip(names, my_weights, ref_weights):
-        if t is not None:
-            _compare(failures, f"grad {name}", t.grad, r.grad, tol)
+    weight_grads(names, my_weights, ref_weights)
 
 
 def _run_check(ctx, world_key, group_name, op_name, cfg_name, causal):
@@ -279,8 +288,8 @@ def _run_check(ctx, world_key, group_name, op_name, cfg_name, causal):
 # ----- bytes -----
 
 EXACT_BYTES_SHAPE = dict(B=1, N=32, H=2, D=4, segs=[32])
-BYTES_OPS = ["ring_dilated_attention_hybrid_optimized_v2", "ring_dilated_attention_hybrid_optimized",
-             "ring_dilated_attention_production", "ring_dilated_attention_v2_collective"]
+# Every sharded [B, N, H, D] op of this build; its backend says how many bytes it must send.
+BYTES_OPS = SHARDED_OPS
 
 
 def bytes_cases(world_size):
@@ -353,8 +362,8 @@ def results_of(world_size):
 
 
 PARAMS = [
-    pytest.param(world_key, op_name, cfg_name, causal,
-                 id=f"{world_key}-{op_name}-{cfg_name}-{'causal' if causal else 'full'}")
+    op_param(world_key, op_name, cfg_name, causal, op=op_name,
+             id=f"{world_key}-{op_name}-{cfg_name}-{'causal' if causal else 'full'}")
     for world_key in WORLDS
     for op_name, cfg_name, causal in check_ids(world_key)
 ]
@@ -413,8 +422,8 @@ def test_configs_cover_every_segment_placement(world_size):
     # Some config keeps every segment inside a shard at P=2 (v2 then sends nothing).
     assert shard_categories(CONFIGS["local-s8.16.32-r1.2.4-H4"], 2) == {"local", "offsets",
                                                                           "uneven-groups"}
-    head_parallel = [c for c in CONFIGS.values() if op_applies("head_parallel_dilated_attention",
-                                                               c, world_size)]
+    # Configs for the head-parallel schedule (H divisible by P), one with several segments.
+    head_parallel = [c for c in CONFIGS.values() if heads_divide(c, world_size)]
     assert head_parallel and any(len(c["segs"]) > 1 for c in head_parallel)
 
 
@@ -480,9 +489,18 @@ def bytes_of(world_size, label):
     return per_rank
 
 
+BYTES_PARAMS = [op_param(op_name, op=op_name, id=op_name) for op_name in BYTES_OPS]
+
+
+def _no_byte_model(op_name):
+    pytest.fail(f"no byte count is written down for backend {op_row(op_name)['backend']!r} of "
+                f"{op_name}: add it to the exact-bytes tests")
+
+
+@pytest.mark.parametrize("op_name", BYTES_PARAMS)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("rate", [1, 2])
-def test_exact_bytes_two_ranks(rate, causal):
+def test_exact_bytes_two_ranks(rate, causal, op_name):
     """P=2, B=1, N=32, H=2, D=4, float32, segment_lengths=[32].
 
     rate 1: each rank needs all 16 rows of the other's K and V for both heads:
@@ -491,45 +509,49 @@ def test_exact_bytes_two_ranks(rate, causal):
     Causal: rank 0 needs nothing from rank 1, rank 1 needs rank 0's rows.
     Backward of the segment ring exchanges the same rows again and returns their key/value
     gradients (the same amount) to their owner.
+    all_gather of the K shard and the V shard: each rank's 512 bytes to its one peer: 1024.
     """
-    v2 = {1: 1024, 2: 512}[rate]
-    expected_v2_forward = [v2, 0] if causal else [v2, v2]
-    if causal:
-        # rank 0 sends K/V again; rank 1 returns the K/V gradients of rank 0's rows.
-        expected_v2_backward = [v2, v2]
-    else:
-        expected_v2_backward = [2 * v2, 2 * v2]
-    prefix = f"exact-r{rate}-causal={causal}|"
-    for op_name in ("ring_dilated_attention_hybrid_optimized_v2",
-                    "ring_dilated_attention_production"):
-        got = bytes_of(2, prefix + op_name)
+    got = bytes_of(2, f"exact-r{rate}-causal={causal}|{op_name}")
+    backend = op_row(op_name)["backend"]
+    if backend in ("segment_ring", "segment_ring_checked"):
+        v2 = {1: 1024, 2: 512}[rate]
+        expected_v2_forward = [v2, 0] if causal else [v2, v2]
+        if causal:
+            # rank 0 sends K/V again; rank 1 returns the K/V gradients of rank 0's rows.
+            expected_v2_backward = [v2, v2]
+        else:
+            expected_v2_backward = [2 * v2, 2 * v2]
         assert [b["forward"] for b in got] == expected_v2_forward, op_name
         assert [b["backward"] for b in got] == expected_v2_backward, op_name
-    full = bytes_of(2, prefix + "ring_dilated_attention_hybrid_optimized")
-    assert [b["forward"] for b in full] == [1024, 1024]
-    # all_gather of the K shard and the V shard: each rank's 512 bytes to its one peer.
-    gathered = bytes_of(2, prefix + "ring_dilated_attention_v2_collective")
-    assert [b["forward"] for b in gathered] == [1024, 1024]
+    elif backend in ("full_ring", "all_gather"):
+        assert [b["forward"] for b in got] == [1024, 1024], op_name
+    else:
+        _no_byte_model(op_name)
 
 
+@pytest.mark.parametrize("op_name", BYTES_PARAMS)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("rate", [1, 2])
-def test_exact_bytes_four_ranks(rate, causal):
+def test_exact_bytes_four_ranks(rate, causal, op_name):
     """P=4, N=32 (shard 8), one 32-segment: rank i needs the dilated rows of every other rank.
 
     rate 1: 8 rows * 2 heads * 4 * 2 (K, V) * 4 bytes = 512 to each of 3 peers = 1536.
     rate 2: 4 rows per shard: 256 per peer = 768. Causal: rank i sends only to the 3 - i ranks
-    after it. Full ring: 3 steps of 512 = 1536.
+    after it. Full ring: 3 steps of 512 = 1536. all_gather: each rank's 512 bytes of K and V to
+    each of its 3 peers = 1536.
     """
-    per_peer = {1: 512, 2: 256}[rate]
-    expected = [per_peer * (3 - i) if causal else 3 * per_peer for i in range(4)]
-    prefix = f"exact-r{rate}-causal={causal}|"
-    got = bytes_of(4, prefix + "ring_dilated_attention_hybrid_optimized_v2")
-    assert [b["forward"] for b in got] == expected
-    full = bytes_of(4, prefix + "ring_dilated_attention_hybrid_optimized")
-    assert [b["forward"] for b in full] == [1536] * 4
-    gathered = bytes_of(4, prefix + "ring_dilated_attention_v2_collective")
-    assert [b["forward"] for b in gathered] == [3 * 512] * 4
+    got = bytes_of(4, f"exact-r{rate}-causal={causal}|{op_name}")
+    backend = op_row(op_name)["backend"]
+    if backend in ("segment_ring", "segment_ring_checked"):
+        per_peer = {1: 512, 2: 256}[rate]
+        expected = [per_peer * (3 - i) if causal else 3 * per_peer for i in range(4)]
+        assert [b["forward"] for b in got] == expected, op_name
+    elif backend == "full_ring":
+        assert [b["forward"] for b in got] == [1536] * 4, op_name
+    elif backend == "all_gather":
+        assert [b["forward"] for b in got] == [3 * 512] * 4, op_name
+    else:
+        _no_byte_model(op_name)
 
 
 def test_exact_bytes_model_matches_the_hand_counts():

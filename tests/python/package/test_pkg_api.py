@@ -1,14 +1,21 @@
-"""Every class and function of the spec is importable from the package and from its module;
-the factories pick the documented classes; the library is the one the tests point at."""
+"""Every class and function of the spec is importable from the package and from its module (in
+every build); each distributed class runs its op's row of the library's table of named ops (or,
+where the build leaves that op out, says so on construction); the factories pick the documented
+classes; the library is the one the tests point at."""
 
 import importlib
+import inspect
 import os
+import re
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 import dilated_attention_pytorch as dap
+from helpers import deprecated_op, deprecated_ops, named_op_table, op_row
+from pkg_helpers import distributed_classes
 
 SPEC_NAMES = {
     "dilated_attention": ["DilatedAttention"],
@@ -47,6 +54,52 @@ def test_star_import_exposes_all():
     for names in SPEC_NAMES.values():
         for name in names:
             assert name in namespace, name
+
+
+def construct(cls):
+    """The class with small valid arguments, its deprecation notice silenced."""
+    first = list(inspect.signature(cls.__init__).parameters)[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if first == "config":
+            return cls(dap.RingAttentionConfig(SEGS, RATES))
+        if first == "embed_dim":
+            return cls(32, 4, SEGS, RATES)
+        return cls(SEGS, RATES)
+
+
+def test_every_named_op_has_a_class():
+    ops_of_classes = {cls.OP_NAME for cls in distributed_classes().values()}
+    built = {r["name"] for r in named_op_table()}
+    assert built <= ops_of_classes
+    if deprecated_ops():  # the default build: the table has every op
+        assert built == ops_of_classes
+
+
+@pytest.mark.parametrize("name", list(distributed_classes()))
+def test_distributed_class_runs_its_row_of_the_table(name):
+    cls = getattr(dap, name)
+    rows = {r["name"]: r for r in named_op_table()}
+    if cls.OP_NAME not in rows:
+        # Only a build without the deprecated ops leaves out the op of a package class; the
+        # class is still there, and constructing it says why it cannot run.
+        assert not deprecated_ops(), f"{name} runs {cls.OP_NAME!r}, which the table lacks"
+        with pytest.raises(RuntimeError, match=re.escape(cls.OP_NAME) + ".*"
+                           + "-DDILATED_ATTENTION_WITHOUT_DEPRECATED=ON"):
+            construct(cls)
+        return
+    row = rows[cls.OP_NAME]
+    module = construct(cls)
+    assert (module.backend, module.contract) == (row["backend"], row["contract"])
+    if row["deprecated_class"] is not None:
+        assert cls.__name__ == row["deprecated_class"]
+
+
+@deprecated_op
+def test_every_deprecated_op_has_its_class():
+    for op_name in deprecated_ops():
+        cls = getattr(dap, op_row(op_name)["deprecated_class"])
+        assert cls.OP_NAME == op_name
 
 
 def test_ring_alias_is_the_v2_class():

@@ -1,19 +1,22 @@
 """The deprecated all_gather classes warn on construction with the seed's exact notice, as a real
 DeprecationWarning attributed to the caller, once per class per process; nothing else warns; and
-both snippets of the seed's migration guide run verbatim."""
+both snippets of the seed's migration guide run verbatim.
 
+The deprecated classes are those the library's table of named ops names for its deprecated ops
+(none in a build without them); the notice's text is written out here, independently."""
+
+import functools
 import os
 import subprocess
 import sys
-import textwrap
 import warnings
 
 import pytest
 import torch
 
 import dilated_attention_pytorch as dap
-from helpers import make_qkv
-from pkg_helpers import PACKAGE_ROOT
+from helpers import deprecated_op, deprecated_ops, make_qkv, op_row
+from pkg_helpers import PACKAGE_ROOT, api_params
 
 NOTICE = ("{} is deprecated. This implementation uses all_gather which has poor performance "
           "characteristics. Please use RingDilatedAttentionHybridOptimizedV2 or other ring "
@@ -21,15 +24,25 @@ NOTICE = ("{} is deprecated. This implementation uses all_gather which has poor 
 
 SEGS, RATES = [8, 16], [1, 2]
 
-DEPRECATED = {
-    "RingDilatedAttentionV2Collective": lambda: dap.RingDilatedAttentionV2Collective(SEGS, RATES),
-    "HilbertRingDilatedAttention": lambda: dap.HilbertRingDilatedAttention(SEGS, RATES),
-    "HeadParallelDilatedAttention": lambda: dap.HeadParallelDilatedAttention(SEGS, RATES),
-    "DistributedImprovedDilatedAttention":
-        lambda: dap.DistributedImprovedDilatedAttention(SEGS, RATES),
-    "DistributedImprovedMultiheadDilatedAttention":
-        lambda: dap.DistributedImprovedMultiheadDilatedAttention(32, 4, SEGS, RATES),
-}
+
+def construct(op_name, segs=SEGS, rates=RATES, embed_dim=32, num_heads=4):
+    """The deprecated class of `op_name`, constructed here (the notice is attributed to here)."""
+    row = op_row(op_name)
+    # The arguments before segment_lengths and dilation_rates, by the inputs of the class's op.
+    leading = {"attention": (), "projected": (embed_dim, num_heads)}[row["signature"]]
+    return getattr(dap, row["deprecated_class"])(*leading, segs, rates)
+
+
+def constructor_source(op_name):
+    """The same construction as source for a fresh process (SEGS = [8], RATES = [1] there)."""
+    row = op_row(op_name)
+    leading = {"attention": "", "projected": "16, 2, "}[row["signature"]]
+    return f"dap.{row['deprecated_class']}({leading}SEGS, RATES)"
+
+
+# class name -> its constructor, for every deprecated op of this build.
+DEPRECATED = {op_row(name)["deprecated_class"]: functools.partial(construct, name)
+              for name in deprecated_ops()}
 
 NOT_DEPRECATED = {
     "DilatedAttention": lambda: dap.DilatedAttention(SEGS, RATES),
@@ -62,6 +75,7 @@ def forward(module):
     return module(q, k, v)
 
 
+@deprecated_op
 @pytest.mark.parametrize("name", list(DEPRECATED))
 def test_deprecated_class_warns_once(name):
     with warnings.catch_warnings(record=True) as caught:
@@ -75,6 +89,7 @@ def test_deprecated_class_warns_once(name):
     assert type(module).__name__ == name
 
 
+@deprecated_op
 @pytest.mark.parametrize("name", list(DEPRECATED))
 def test_deprecated_class_forward_is_silent(name, capfd):
     """The notice is reported at construction only: forward neither warns in Python nor through
@@ -90,6 +105,7 @@ def test_deprecated_class_forward_is_silent(name, capfd):
     assert "deprecated" not in captured.err + captured.out
 
 
+@deprecated_op
 def test_once_per_class_not_once_overall():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -100,7 +116,7 @@ def test_once_per_class_not_once_overall():
     assert [str(w.message) for w in caught] == [NOTICE.format(n) for n in DEPRECATED]
 
 
-@pytest.mark.parametrize("name", list(NOT_DEPRECATED))
+@pytest.mark.parametrize("name", api_params(NOT_DEPRECATED))
 def test_other_classes_never_warn(name, capfd):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -120,30 +136,48 @@ def _run_python(args, cwd):
                           text=True, timeout=120)
 
 
-def test_once_per_class_per_process_in_fresh_process(tmp_path):
-    script = textwrap.dedent("""
-        import warnings
-        warnings.simplefilter("always")
-        import dilated_attention_pytorch as dap
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(3):
-                dap.RingDilatedAttentionV2Collective([8], [1])
-                dap.HilbertRingDilatedAttention([8], [1])
-                dap.HeadParallelDilatedAttention([8], [1])
-                dap.DistributedImprovedDilatedAttention([8], [1])
-                dap.DistributedImprovedMultiheadDilatedAttention(16, 2, [8], [1])
-                dap.RingDilatedAttentionHybridOptimizedV2([8], [1])
-        for w in caught:
-            print(w.category.__name__, "|", w.message)
-    """)
-    result = _run_python(["-c", script], tmp_path)
+FRESH_PROCESS = """
+import warnings
+warnings.simplefilter("always")
+import dilated_attention_pytorch as dap
+SEGS, RATES = [8], [1]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for _ in range(3):
+{constructions}
+for w in caught:
+    print(w.category.__name__, "|", w.message)
+"""
+
+
+def _run_fresh_process(constructions, tmp_path):
+    """Runs the constructions, three times each, in a fresh interpreter; its warnings' lines."""
+    body = "\n".join(" " * 8 + c for c in constructions)
+    result = _run_python(["-c", FRESH_PROCESS.format(constructions=body)], tmp_path)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    names = ["RingDilatedAttentionV2Collective", "HilbertRingDilatedAttention",
-             "HeadParallelDilatedAttention", "DistributedImprovedDilatedAttention",
-             "DistributedImprovedMultiheadDilatedAttention"]
+    return result.stdout.strip().splitlines()
+
+
+@deprecated_op
+def test_once_per_class_per_process_in_fresh_process(tmp_path):
+    # Deprecated and recommended classes interleaved: only the deprecated ones warn, once each.
+    constructions = [constructor_source(name) for name in deprecated_ops()]
+    constructions.append("dap.RingDilatedAttentionHybridOptimizedV2(SEGS, RATES)")
+    lines = _run_fresh_process(constructions, tmp_path)
+    names = [op_row(name)["deprecated_class"] for name in deprecated_ops()]
     assert lines == [f"DeprecationWarning | {NOTICE.format(n)}" for n in names]
+
+
+def test_recommended_classes_never_warn_in_fresh_process(tmp_path):
+    lines = _run_fresh_process([
+        "dap.RingDilatedAttentionHybridOptimizedV2(SEGS, RATES)",
+        "dap.RingDilatedAttentionHybridOptimized(SEGS, RATES)",
+        "dap.create_production_ring_attention(SEGS, RATES)",
+        "dap.RingMultiheadDilatedAttention(16, 2, SEGS, RATES)",
+        "dap.RingMultiheadDilatedAttention(16, 2, SEGS, RATES, layer_norm=True)",
+        "dap.create_dilated_attention('ring', SEGS, RATES)",
+    ], tmp_path)
+    assert lines == []
 
 
 OLD_SNIPPET = """\
@@ -181,8 +215,9 @@ print("FORWARD_OK", type(model).__name__)
 """
 
 
-@pytest.mark.parametrize("snippet,deprecated", [(OLD_SNIPPET, True), (NEW_SNIPPET, False)],
-                         ids=["old", "new"])
+@pytest.mark.parametrize("snippet,deprecated", [
+    pytest.param(OLD_SNIPPET, True, id="old", marks=deprecated_op),
+    pytest.param(NEW_SNIPPET, False, id="new")])
 @pytest.mark.parametrize("flags", [["-W", "always::DeprecationWarning"], []],
                          ids=["always", "default-filters"])
 def test_migration_guide_snippet_runs_verbatim(tmp_path, snippet, deprecated, flags):

@@ -2,6 +2,9 @@
 group) on sharded inputs: every rank's rows (and gradients) equal the single-process module on the
 whole sequence. Uses tests/python/distributed_harness.py (spawned ranks, hard timeout).
 
+Which classes run, and whether each takes this rank's rows or the whole sequence, comes from the
+library's table of named ops (a build without the deprecated ops runs only the recommended ones).
+
 The workers are module-level functions: each spawned rank imports this module by name."""
 
 import warnings
@@ -12,7 +15,8 @@ import torch
 
 import dilated_attention_pytorch as dap
 from distributed_harness import run_on_ranks
-from pkg_helpers import randn
+from helpers import deprecated_op, named_op_table, op_row
+from pkg_helpers import api_params, op_of, randn
 
 WORLD = 2
 B, N, H, D, E = 2, 32, 4, 8, 32
@@ -30,8 +34,8 @@ def _quiet(build):
     return wrapped
 
 
-# Sequence-sharded [B, N/P, H, D] classes.
-SHARDED = {
+# The [B, N, H, D] classes (and their factories and aliases).
+ATTENTION = {
     "RingDilatedAttentionHybridOptimizedV2":
         lambda **kw: dap.RingDilatedAttentionHybridOptimizedV2(SEGS, RATES, **kw),
     "RingDilatedAttention": lambda **kw: dap.RingDilatedAttention(SEGS, RATES, **kw),
@@ -45,14 +49,28 @@ SHARDED = {
         _quiet(lambda **kw: dap.RingDilatedAttentionV2Collective(SEGS, RATES, **kw)),
     "HilbertRingDilatedAttention":
         _quiet(lambda **kw: dap.HilbertRingDilatedAttention(SEGS, RATES, **kw)),
-}
-# Replicated-input [B, N, H, D] classes: every rank passes the whole sequence.
-REPLICATED = {
     "HeadParallelDilatedAttention":
         _quiet(lambda **kw: dap.HeadParallelDilatedAttention(SEGS, RATES, **kw)),
     "DistributedImprovedDilatedAttention":
         _quiet(lambda **kw: dap.DistributedImprovedDilatedAttention(SEGS, RATES, **kw)),
 }
+# The package's own names for the ops; the factory's op is its class's.
+OPS_OF = {"create_production_ring_attention": "ring_dilated_attention_production"}
+
+
+def op_of_name(name):
+    return OPS_OF.get(name) or op_of(name)
+
+
+BUILT = {row["name"] for row in named_op_table()}
+# The classes of this build by contract: sharded ones take this rank's [B, N/P, H, D] rows;
+# replicated ones take the whole sequence on every rank.
+SHARDED = {name: build for name, build in ATTENTION.items()
+           if op_of_name(name) in BUILT and op_row(op_of_name(name))["contract"] == "sharded"}
+REPLICATED = {name: build for name, build in ATTENTION.items()
+              if op_of_name(name) in BUILT and op_row(op_of_name(name))["contract"] == "replicated"}
+# The deprecated [B, N, E] class, when this build has its op.
+DISTRIBUTED_MULTIHEAD = dap.DistributedImprovedMultiheadDilatedAttention.OP_NAME in BUILT
 RING_MULTIHEAD = {
     "plain": dict(),
     "layer_norm": dict(layer_norm=True),
@@ -78,12 +96,13 @@ def make_case(seed=0):
             for p in module.parameters():
                 p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
         case["states"][name] = module.state_dict()
-    torch.manual_seed(seed + 12)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        dimha = dap.DistributedImprovedMultiheadDilatedAttention(E, H, SEGS, RATES,
-                                                                 dtype=torch.float64)
-    case["states"]["DistributedImprovedMultiheadDilatedAttention"] = dimha.state_dict()
+    if DISTRIBUTED_MULTIHEAD:
+        torch.manual_seed(seed + 12)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dimha = dap.DistributedImprovedMultiheadDilatedAttention(E, H, SEGS, RATES,
+                                                                     dtype=torch.float64)
+        case["states"]["DistributedImprovedMultiheadDilatedAttention"] = dimha.state_dict()
     return case
 
 
@@ -162,8 +181,10 @@ def ring_worker(ctx, out_dir):
         results["ring_multihead"][name] = run_ring_multihead(
             module, shard_rows(x, rank, dim), shard_rows(grad, rank, dim))
 
-    module = build_distributed_multihead(case["states"]["DistributedImprovedMultiheadDilatedAttention"])
-    results["distributed_multihead"] = run_distributed_multihead(module, case)
+    if DISTRIBUTED_MULTIHEAD:
+        module = build_distributed_multihead(
+            case["states"]["DistributedImprovedMultiheadDilatedAttention"])
+        results["distributed_multihead"] = run_distributed_multihead(module, case)
 
     # ring_size must equal the group's size; "auto" picks the ring classes with two ranks.
     dap.RingDilatedAttentionHybridOptimizedV2(SEGS, RATES, ring_size=WORLD)
@@ -226,7 +247,7 @@ def test_default_process_group_is_world(distributed_results):
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
-@pytest.mark.parametrize("name", list(SHARDED))
+@pytest.mark.parametrize("name", api_params(SHARDED))
 def test_sharded_ring_classes_equal_single_process(distributed_results, case, name, is_causal):
     expected = single_process(SHARDED[name], case, is_causal)
     got = [torch.cat(parts, dim=1) for parts in
@@ -236,8 +257,9 @@ def test_sharded_ring_classes_equal_single_process(distributed_results, case, na
         torch.testing.assert_close(g, e, **TOL, msg=lambda m: f"{name} {what}: {m}")
 
 
+@deprecated_op  # only deprecated classes take replicated inputs
 @pytest.mark.parametrize("is_causal", [False, True])
-@pytest.mark.parametrize("name", list(REPLICATED))
+@pytest.mark.parametrize("name", api_params(REPLICATED))
 def test_replicated_classes_equal_single_process(distributed_results, case, name, is_causal):
     expected = single_process(REPLICATED[name], case, is_causal)
     for rank, results in enumerate(distributed_results):
@@ -264,6 +286,7 @@ def test_ring_multihead_equal_single_process(distributed_results, case, name):
                                    msg=lambda m: f"grad {param}: {m}")
 
 
+@deprecated_op
 def test_distributed_improved_multihead_equal_single_process(distributed_results, case):
     expected = run_distributed_multihead(
         build_distributed_multihead(case["states"]["DistributedImprovedMultiheadDilatedAttention"]),

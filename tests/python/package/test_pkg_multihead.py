@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import dilated_attention_pytorch as dap
-from pkg_helpers import (MULTIHEAD_TOL, compare_with_reference, multihead_reference, randn,
-                         ring_multihead_reference)
+from helpers import deprecated_op
+from pkg_helpers import (MULTIHEAD_TOL, api_params, compare_with_reference, multihead_reference,
+                         randn, ring_multihead_reference)
 from reference import dilated_attention_reference
 
 SEGS, RATES = [8, 16], [1, 2]
@@ -158,8 +159,9 @@ def test_multihead_dtype_and_device_arguments():
     assert out.dtype == torch.float64
 
 
-@pytest.mark.parametrize("cls", ["MultiheadDilatedAttention", "RingMultiheadDilatedAttention",
-                                 "DistributedImprovedMultiheadDilatedAttention"])
+@pytest.mark.parametrize("cls", api_params(["MultiheadDilatedAttention",
+                                             "RingMultiheadDilatedAttention",
+                                             "DistributedImprovedMultiheadDilatedAttention"]))
 def test_embed_dim_must_divide(cls):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -315,6 +317,7 @@ def test_ring_multihead_dropout_only_in_training():
 # DistributedImprovedMultiheadDilatedAttention (deprecated; single process here)
 
 
+@deprecated_op
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_distributed_improved_multihead_matches_reference(dtype):
     with pytest.warns(DeprecationWarning):

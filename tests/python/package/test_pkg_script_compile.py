@@ -17,7 +17,7 @@ from torch._dynamo.utils import counters
 
 import dilated_attention_pytorch as dap
 from helpers import make_qkv
-from pkg_helpers import PACKAGE_ROOT, randn
+from pkg_helpers import PACKAGE_ROOT, api_params, randn
 
 E, H, SEGS, RATES = 32, 4, [8, 16], [1, 2]
 
@@ -199,7 +199,7 @@ SCRIPT_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(SCRIPT_CASES))
+@pytest.mark.parametrize("name", api_params(SCRIPT_CASES))
 def test_every_module_scripts(name):
     build, call = SCRIPT_CASES[name]
     with warnings.catch_warnings():
