@@ -4,7 +4,7 @@ TorchScript and torch.compile with a real process group name.
 Deprecation warnings: in this torch, a C++ TORCH_WARN_DEPRECATION raised inside an op called
 through torch.ops is NOT delivered to Python's `warnings` (torch.ops calls install no Python
 warning handler); c10's default handler logs it to stderr as
-    [W... named_ops.cpp:NN] Warning: <text> (function warn_if_deprecated)
+    [W... named_ops.cpp:NN] Warning: <text> (function <the C++ function that warned>)
 The test runs a fresh interpreter (the warnings are once per process), records Python warnings
 and stderr, and checks whichever channel carries the warnings (if a future torch delivers them to
 Python, they must be DeprecationWarnings there); the count must be right in that channel, and
