@@ -17,9 +17,13 @@ const char* signature_name(Signature signature) {
   return "";
 }
 
+bool is_accepted(DistributedBackend backend) { return kDeprecatedOpsBuilt || !is_legacy(backend); }
+
+// The backends this build accepts.
 std::string backend_names() {
   std::string names;
   for (const auto& info : kBackends) {
+    if (!is_accepted(info.backend)) continue;
     if (!names.empty()) names += ", ";
     names += info.name;
   }
@@ -31,9 +35,10 @@ std::string backend_names() {
 DistributedBackend parse_backend(std::string_view name) {
   for (const auto& info : kBackends) {
     if (name != info.name) continue;
-    TORCH_CHECK_VALUE(kDeprecatedOpsBuilt || !is_legacy(info.backend), "backend '", name,
+    TORCH_CHECK_VALUE(is_accepted(info.backend), "backend '", name,
                       "' served the deprecated all_gather implementations, which this build "
-                      "leaves out (DILATED_ATTENTION_WITHOUT_DEPRECATED); use segment_ring");
+                      "leaves out (DILATED_ATTENTION_WITHOUT_DEPRECATED); pass each rank its rows "
+                      "of the sequence and use segment_ring");
     return info.backend;
   }
   TORCH_CHECK_VALUE(false, "backend must be one of ", backend_names(), ", got '", name, "'");

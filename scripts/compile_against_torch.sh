@@ -132,16 +132,16 @@ else
   if [ "$NVCC_VERSION" != "$TORCH_CUDA" ]; then
     echo "warning: torch $TORCH_FULL_VERSION is built with CUDA $TORCH_CUDA, nvcc is $NVCC_VERSION"
   fi
-  # --- what torch's CMake config and ATen's CUDA headers want beyond an nvcc-only toolkit:
-  # libnvrtc, and the headers of cuBLAS, cuSPARSE and cuSOLVER; from the nvidia-* wheels that
-  # torch's wheel pins (only their headers and libnvrtc are kept).
-  CUDA_LIBS_TREE="$CACHE/cuda-libs-for-$(basename "$TORCH_TREE")"
+  # --- what torch's CMake config wants beyond an nvcc-only toolkit: libnvrtc, from the
+  # nvidia-* wheel that torch's wheel pins (only its headers and libnvrtc are kept). Our CUDA
+  # sources include no ATen header that needs cuBLAS, cuSPARSE or cuSOLVER.
+  CUDA_LIBS_TREE="$CACHE/nvrtc-for-$(basename "$TORCH_TREE")"
   if [ ! -d "$CUDA_LIBS_TREE" ]; then
     mapfile -t CUDA_REQUIREMENTS < <("$PYTHON" - "$TORCH_WHEEL" <<'EOF'
 import re, sys, zipfile
 from email.parser import Parser
 
-wanted = ["cublas", "cusolver", "cusparse", "nvrtc"]
+wanted = ["nvrtc"]
 with zipfile.ZipFile(sys.argv[1]) as z:
     name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
     metadata = Parser().parsestr(z.read(name).decode())
@@ -153,7 +153,7 @@ for requirement in metadata.get_all("Requires-Dist") or []:
     package, version = match.group(1), match.group(2).strip("() ")
     if package == "cuda-toolkit":  # torch >= 2.10 pins the libraries through this package
         print(f"cuda-toolkit[{','.join(wanted)}]{version}")
-    elif re.fullmatch(r"nvidia-(cublas|cusolver|cusparse|cuda-nvrtc)(-cu[0-9]+)?", package):
+    elif re.fullmatch(r"nvidia-cuda-nvrtc(-cu[0-9]+)?", package):
         print(f"{package}{version}")
 EOF
 )
@@ -166,7 +166,7 @@ EOF
     "$PYTHON" -m pip download -q --only-binary=:all: -d "$CUDA_LIBS_TREE.wheels" \
       "${CUDA_REQUIREMENTS[@]}"
     rm -rf "$CUDA_LIBS_TREE.partial"
-    for wheel in "$CUDA_LIBS_TREE.wheels"/nvidia_{cublas,cusolver,cusparse,cuda_nvrtc}[-_]*.whl; do
+    for wheel in "$CUDA_LIBS_TREE.wheels"/nvidia_cuda_nvrtc[-_]*.whl; do
       echo "== unpacking $(basename "$wheel") (headers, libnvrtc)"
       "$PYTHON" - "$wheel" "$CUDA_LIBS_TREE.partial" <<'EOF'
 import re, sys, zipfile
@@ -176,7 +176,7 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 EOF
     done
     mv "$CUDA_LIBS_TREE.partial" "$CUDA_LIBS_TREE"
-    rm -rf "$CUDA_LIBS_TREE.wheels"  # ~0.8 GB, of which only the headers are needed
+    rm -rf "$CUDA_LIBS_TREE.wheels"
   fi
   NVRTC_LIBRARY=$(find "$CUDA_LIBS_TREE" -name "libnvrtc.so.*" | sort | head -n1)
   [ -n "$NVRTC_LIBRARY" ] || { echo "no libnvrtc.so in $CUDA_LIBS_TREE" >&2; exit 1; }

@@ -1,8 +1,8 @@
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <cmath>
 
@@ -58,7 +58,7 @@ at::Tensor lse_merge_cuda_(at::Tensor& acc_out, const at::Tensor& acc_lse,
   const int64_t total = rows * features;
   if (total == 0) return merged_lse;
   const auto blocks = static_cast<unsigned>((total + kThreads - 1) / kThreads);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, block.scalar_type(), "lse_merge_cuda", [&] {
         merge_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(

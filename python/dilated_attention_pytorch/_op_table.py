@@ -1,7 +1,7 @@
 """The library's one table of named distributed ops, read once from the library itself.
 
-``torch.ops.dilated_attention.named_op_table()`` returns the rows of the loaded build as JSON:
-``{"name", "signature", "backend", "contract", "deprecated_class", "deprecation_warning"}``.
+``torch.ops.dilated_attention.named_op_table()`` returns the rows of the loaded build, a dict
+each: ``{"name", "signature", "backend", "contract", "deprecated_class", "deprecation_warning"}``.
 Each distributed class names its op (``OP_NAME``) and takes the op's backend, contract and
 deprecation notice from its row, so the package keeps no second copy of them. A library built
 with ``-DDILATED_ATTENTION_WITHOUT_DEPRECATED=ON`` has no deprecated rows: constructing a class
@@ -9,7 +9,6 @@ whose op the build leaves out raises a RuntimeError that says so.
 """
 
 import functools
-import json
 from types import MappingProxyType
 from typing import Mapping
 
@@ -25,14 +24,14 @@ def rows() -> Mapping[str, Mapping[str, object]]:
     """The table of this build: op name -> its row (read-only), in the library's order."""
     _library.load_library()
     try:
-        text = torch.ops.dilated_attention.named_op_table()
+        table = torch.ops.dilated_attention.named_op_table()
     except (AttributeError, RuntimeError) as error:
         raise RuntimeError(
             f"dilated_attention_pytorch: the op library at {_library.library_path()} has no "
             f"named_op_table op (it predates this package); rebuild it from this checkout"
         ) from error
     return MappingProxyType(
-        {row["name"]: MappingProxyType(dict(row)) for row in json.loads(text)})
+        {row["name"]: MappingProxyType(dict(row)) for row in table})
 
 
 def row(op_name: str, signature: str, user: str) -> Mapping[str, object]:

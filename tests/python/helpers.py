@@ -2,7 +2,6 @@
 distributed ops, derived from the library's own table of named ops."""
 
 import functools
-import json
 import os
 from pathlib import Path
 
@@ -110,7 +109,7 @@ def named_op_table():
     not: spawned ranks import test modules before their bootstrap loads it)."""
     if not hasattr(torch.ops.dilated_attention, "named_op_table"):
         torch.ops.load_library(str(library_path()))
-    return tuple(json.loads(torch.ops.dilated_attention.named_op_table()))
+    return tuple(torch.ops.dilated_attention.named_op_table())
 
 
 def op_row(name):

@@ -7,7 +7,6 @@ the deprecated all_gather names (the default build) they all exist; built with
 -DDILATED_ATTENTION_WITHOUT_DEPRECATED=ON they and their backends are gone, and the recommended
 ops still work. Every test here runs in both builds."""
 
-import json
 import os
 from pathlib import Path
 
@@ -56,7 +55,7 @@ LEGACY_BACKENDS = sorted({row[2] for row in EXPECTED_TABLE if row[4] is not None
 
 def test_named_op_table_is_the_documented_one():
     expected = [row for row in EXPECTED_TABLE if DEPRECATED_OPS_BUILT or row[4] is None]
-    rows = json.loads(OPS.named_op_table())
+    rows = OPS.named_op_table()
     assert [(r["name"], r["signature"], r["backend"], r["contract"], r["deprecated_class"])
             for r in rows] == expected
     for r in rows:
@@ -117,3 +116,12 @@ def test_v2_works_in_every_build():
     torch.testing.assert_close(
         OPS.ring_dilated_attention_hybrid_optimized_v2(q, q, q, [8], [1]),
         OPS.dilated_attention(q, q, q, [8], [1]), rtol=0, atol=1e-12)
+
+
+def test_unknown_backend_error_lists_what_this_build_accepts():
+    q = torch.randn(1, 16, 2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="backend must be one of") as error:
+        OPS._distributed_dilated_attention(q, q, q, [8], [1], 0.0, False, None, "", "no_such")
+    listed = str(error.value).split("backend must be one of ")[1].split(", got")[0].split(", ")
+    expected = {row[2] for row in EXPECTED_TABLE if DEPRECATED_OPS_BUILT or row[4] is None}
+    assert set(listed) == expected
