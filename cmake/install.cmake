@@ -6,6 +6,11 @@ include(CMakePackageConfigHelpers)
 
 set(DILATED_ATTENTION_CMAKE_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/dilated_attention_ops")
 
+# The installed library finds the LibTorch it was built against, as the program that links it
+# does through TorchConfig: a CUDA torch lists c10_cuda by name, so a program that needs none of
+# its symbols does not load it for the library. (The Python package's copy has no run path at
+# all, cmake/python_package.cmake, since `import torch` has loaded those libraries first.)
+set_target_properties(dilated_attention_ops PROPERTIES INSTALL_RPATH "${TORCH_INSTALL_PREFIX}/lib")
 install(TARGETS dilated_attention_ops
   EXPORT dilated_attention_ops_targets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT development)

@@ -15,11 +15,17 @@ rm -rf "$PREFIX" "$CONSUMER_BUILD"
 cmake --install "$BUILD_DIR" --prefix "$PREFIX" --component development >/dev/null
 
 torch_prefix=$("$VENV/bin/python" -c "import torch; print(torch.utils.cmake_prefix_path)")
-# A CUDA build of torch makes find_package(Torch) look for the CUDA toolkit: hand the consumer
-# what the project's configure found (nvcc, and nvrtc from torch's nvidia wheels).
+# A CUDA build of torch makes find_package(Torch) look for the CUDA toolkit (FindCUDA, which
+# cannot derive the toolkit from an nvcc on PATH outside it): hand the consumer what the
+# project's configure found: the toolkit of its nvcc, and nvrtc from torch's nvidia wheels.
+cached() { sed -n "s/^$1:[A-Z]*=//p" "$BUILD_DIR/CMakeCache.txt" | head -1; }
 cuda_hints=()
-for var in CMAKE_CUDA_COMPILER CUDA_TOOLKIT_ROOT_DIR CUDA_nvrtc_LIBRARY TORCH_CUDA_ARCH_LIST; do
-  value=$(sed -n "s/^$var:[A-Z]*=//p" "$BUILD_DIR/CMakeCache.txt" | head -1)
+nvcc=$(cached CUDA_NVCC_EXECUTABLE)
+if [ -n "$nvcc" ]; then
+  cuda_hints+=("-DCUDA_TOOLKIT_ROOT_DIR=$(dirname "$(dirname "$nvcc")")" "-DCMAKE_CUDA_COMPILER=$nvcc")
+fi
+for var in CUDA_NVRTC_LIB CUDA_nvrtc_LIBRARY TORCH_CUDA_ARCH_LIST; do
+  value=$(cached $var)
   [ -n "$value" ] && cuda_hints+=("-D$var=$value")
 done
 cmake -S tests/consumer -B "$CONSUMER_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
