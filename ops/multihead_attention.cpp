@@ -15,31 +15,25 @@ at::Tensor split_heads(const at::Tensor& x, int64_t num_heads) {
 }  // namespace
 
 at::Tensor projected_attention(const at::Tensor& query, const at::Tensor& key,
-                               const at::Tensor& value, const at::Tensor& q_weight,
-                               const std::optional<at::Tensor>& q_bias, const at::Tensor& k_weight,
-                               const std::optional<at::Tensor>& k_bias, const at::Tensor& v_weight,
-                               const std::optional<at::Tensor>& v_bias,
-                               const at::Tensor& out_weight,
-                               const std::optional<at::Tensor>& out_bias, int64_t num_heads,
-                               const AttentionArgs& args, const DistributedTarget& target) {
-  check_multihead_input(query, "query", q_weight.sym_size(1), num_heads);
+                               const at::Tensor& value, const Projections& projections,
+                               int64_t num_heads, const AttentionArgs& args,
+                               const DistributedTarget& target) {
+  const auto& p = projections;
+  check_multihead_input(query, "query", p.q_weight.sym_size(1), num_heads);
   auto attended = call_distributed_attention(
-      split_heads(at::linear(query, q_weight, q_bias), num_heads),
-      split_heads(at::linear(key, k_weight, k_bias), num_heads),
-      split_heads(at::linear(value, v_weight, v_bias), num_heads), args, target);
-  return at::linear(attended.flatten(-2), out_weight, out_bias);
+      split_heads(at::linear(query, p.q_weight, p.q_bias), num_heads),
+      split_heads(at::linear(key, p.k_weight, p.k_bias), num_heads),
+      split_heads(at::linear(value, p.v_weight, p.v_bias), num_heads), args, target);
+  return at::linear(attended.flatten(-2), p.out_weight, p.out_bias);
 }
 
-at::Tensor projected_attention_op(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const at::Tensor& q_weight, const std::optional<at::Tensor>& q_bias, const at::Tensor& k_weight,
-    const std::optional<at::Tensor>& k_bias, const at::Tensor& v_weight,
-    const std::optional<at::Tensor>& v_bias, const at::Tensor& out_weight,
-    const std::optional<at::Tensor>& out_bias, int64_t num_heads, DILATED_ATTENTION_ARGS_PARAMS,
-    c10::string_view group_name, c10::string_view backend) {
-  return projected_attention(
-      query, key, value, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight, out_bias,
-      num_heads, DILATED_ATTENTION_ARGS_COLLECT(), {std::string(group_name), std::string(backend)});
+at::Tensor projected_attention_op(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, DILATED_ATTENTION_PROJECTIONS_PARAMS,
+                                  int64_t num_heads, DILATED_ATTENTION_ARGS_PARAMS,
+                                  c10::string_view group_name, c10::string_view backend) {
+  return projected_attention(query, key, value, DILATED_ATTENTION_PROJECTIONS_COLLECT(), num_heads,
+                             DILATED_ATTENTION_ARGS_COLLECT(),
+                             {std::string(group_name), std::string(backend)});
 }
 
 at::Tensor fused_self_attention(const at::Tensor& x, const at::Tensor& qkv_weight,
@@ -57,9 +51,8 @@ at::Tensor fused_self_attention(const at::Tensor& x, const at::Tensor& qkv_weigh
 
 TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
   const std::string schema =
-      "_multihead_dilated_attention(Tensor query, Tensor key, Tensor value, Tensor q_weight, "
-      "Tensor? q_bias, Tensor k_weight, Tensor? k_bias, Tensor v_weight, Tensor? v_bias, "
-      "Tensor out_weight, Tensor? out_bias, int num_heads, " +
+      std::string("_multihead_dilated_attention(Tensor query, Tensor key, Tensor value, ") +
+      dilated_attention::kProjectionsSchema + ", int num_heads, " +
       dilated_attention::attention_args_schema() +
       ", str group_name=\"\", str backend=\"segment_ring\") -> Tensor";
   m.def(schema.c_str(), {at::Tag::pt2_compliant_tag});

@@ -16,14 +16,13 @@ namespace dilated_attention {
 namespace {
 
 // What a name's schema lists before the shared arguments.
-const char* inputs_of(Signature signature) {
+std::string inputs_of(Signature signature) {
   switch (signature) {
     case Signature::kAttention:
       return "Tensor query, Tensor key, Tensor value";
     case Signature::kProjected:
-      return "Tensor query, Tensor key, Tensor value, Tensor q_weight, Tensor? q_bias, "
-             "Tensor k_weight, Tensor? k_bias, Tensor v_weight, Tensor? v_bias, "
-             "Tensor out_weight, Tensor? out_bias, int num_heads";
+      return std::string("Tensor query, Tensor key, Tensor value, ") + kProjectionsSchema +
+             ", int num_heads";
     case Signature::kFusedSelfAttention:
       return "Tensor x, Tensor qkv_weight, Tensor? qkv_bias, Tensor out_weight, "
              "Tensor? out_bias, int num_heads";
@@ -57,16 +56,11 @@ at::Tensor attention_alias(const at::Tensor& query, const at::Tensor& key, const
 
 template <size_t I>
 at::Tensor projected_alias(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                           const at::Tensor& q_weight, const std::optional<at::Tensor>& q_bias,
-                           const at::Tensor& k_weight, const std::optional<at::Tensor>& k_bias,
-                           const at::Tensor& v_weight, const std::optional<at::Tensor>& v_bias,
-                           const at::Tensor& out_weight, const std::optional<at::Tensor>& out_bias,
-                           int64_t num_heads, DILATED_ATTENTION_ARGS_PARAMS,
-                           c10::string_view group_name) {
+                           DILATED_ATTENTION_PROJECTIONS_PARAMS, int64_t num_heads,
+                           DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  return projected_attention(query, key, value, q_weight, q_bias, k_weight, k_bias, v_weight,
-                             v_bias, out_weight, out_bias, num_heads, args,
-                             target_of<I>(group_name));
+  return projected_attention(query, key, value, DILATED_ATTENTION_PROJECTIONS_COLLECT(), num_heads,
+                             args, target_of<I>(group_name));
 }
 
 template <size_t I>
