@@ -1,13 +1,47 @@
 #include "kernels/group_views.h"
 
 #include <c10/util/Exception.h>
+#include <c10/util/strides.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
 
 namespace dilated_attention {
+namespace {
+
+// True when no two indices of x address one element: ordered by stride, every dimension of size
+// > 1 steps past the whole extent of those below it. ATen's attention kernels take any strides
+// but give wrong results (reading uninitialised memory) for inputs whose rows overlap, such as
+// heads that share features of an as_strided view; expand()'s stride 0 is an overlap too.
+bool addresses_distinct_elements(const at::Tensor& x) {
+  std::vector<std::pair<int64_t, int64_t>> stride_size;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    if (x.size(d) > 1) stride_size.emplace_back(x.stride(d), x.size(d));
+  }
+  std::sort(stride_size.begin(), stride_size.end());
+  int64_t extent = 1;  // one past the largest offset reached by the dimensions so far
+  for (const auto& [stride, size] : stride_size) {
+    if (stride < extent) return false;
+    extent = stride * (size - 1) + extent;
+  }
+  return true;
+}
+
+}  // namespace
 
 at::Tensor with_group_viewable_layout(const at::Tensor& x) {
   const bool dense_last_dim = x.size(-1) <= 1 || x.stride(-1) == 1;
   const bool batch_merges = x.size(0) <= 1 || x.stride(0) == x.size(1) * x.stride(1);
-  return dense_last_dim && batch_merges ? x : x.contiguous();
+  if (dense_last_dim && batch_merges && addresses_distinct_elements(x)) {
+    return x;
+  }
+  // x.contiguous() returns x itself when only size-1 dimensions carry odd strides (a [B, 1, H, D]
+  // slice of sequence-first storage is contiguous), and group_view reads the strides: give the
+  // result the row-major strides that address the same elements.
+  const auto dense = x.contiguous();
+  return dense.as_strided(dense.sizes(), c10::contiguous_strides(dense.sizes()),
+                          dense.storage_offset());
 }
 
 at::Tensor group_view(const at::Tensor& x, const HeadGroup& group) {

@@ -12,7 +12,8 @@
 namespace dilated_attention {
 
 // `x` itself when its layout allows group views (head_dim dense, batch stride = N * sequence
-// stride), otherwise a contiguous copy. Call once per input, not per group.
+// stride, no two indices on one element), otherwise a contiguous copy with row-major strides.
+// Call once per input, not per group.
 at::Tensor with_group_viewable_layout(const at::Tensor& x);
 
 // [B, N, H, D] -> [B * N/s, h_g, L, D] view of `group`'s heads and dilated positions.

@@ -1,6 +1,7 @@
 #include "kernels/shard_views.h"
 
 #include <c10/util/Exception.h>
+#include <c10/util/strides.h>
 
 namespace dilated_attention {
 namespace {
@@ -10,9 +11,13 @@ struct RowStrides {
   int64_t batch, position, head, feature;
 };
 
+// From the sizes, not x.strides(): is_contiguous() ignores the strides of size-1 dimensions, so a
+// contiguous shard may report any stride there (a [B, 1, H, D] slice of sequence-first storage),
+// while the row-major strides address exactly its elements.
 RowStrides row_strides(const at::Tensor& x) {
   TORCH_INTERNAL_ASSERT(x.is_contiguous() && (x.dim() == 4 || x.dim() == 3));
-  return {x.stride(0), x.stride(1), x.stride(2), x.dim() == 4 ? x.stride(3) : 0};
+  const auto st = c10::contiguous_strides(x.sizes());
+  return {st[0], st[1], st[2], x.dim() == 4 ? st[3] : 0};
 }
 
 // [outer, rows, h_g(, D)] strided view, then heads moved before rows.
