@@ -19,8 +19,19 @@ std::chrono::milliseconds Communicator::default_timeout() {
   // A typo here would otherwise silently mean "wait forever" or "fail at once": refuse it.
   TORCH_CHECK_VALUE(end != text && *end == '\0' && std::isfinite(seconds) && seconds > 0.0,
                     kVariable, "='", text, "' is not a positive number of seconds");
+  // Deadlines are now() + timeout on a nanosecond clock, which overflows near 9.2e9 s: a longer
+  // wait would expire at once. A year is far beyond any transfer and far from the overflow.
+  constexpr double kLongestSeconds = 365.0 * 24 * 3600;
+  TORCH_CHECK_VALUE(seconds <= kLongestSeconds, kVariable, "='", text,
+                    "' is longer than the longest timeout, ", static_cast<int64_t>(kLongestSeconds),
+                    " seconds (one year)");
   // Round up so that a tiny positive value never becomes 0 ms, which c10d reads as "no timeout".
   return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(seconds * 1000.0)));
+}
+
+void Communicator::all_gather(at::Tensor& output, const at::Tensor& input) {
+  internal::check_all_gather(output, input, size());
+  if (input.numel() > 0) gather_nonempty(output, input);
 }
 
 namespace internal {

@@ -42,8 +42,9 @@ class Communicator {
                                                          const std::vector<Transfer>& receives) = 0;
 
   // Legacy collective: output [size() * input.size(0), ...] receives every rank's `input` in rank
-  // order. Blocking, bounded by the timeout.
-  virtual void all_gather(at::Tensor& output, const at::Tensor& input) = 0;
+  // order. Blocking, bounded by the timeout. Checks its arguments; an empty input moves nothing
+  // (the output is empty too), which backends would refuse.
+  void all_gather(at::Tensor& output, const at::Tensor& input);
 
   // Bytes this rank sent (point-to-point payloads, and its input once per peer for all_gather)
   // since the last reset.
@@ -55,6 +56,8 @@ class Communicator {
 
  protected:
   void count_sent(int64_t bytes) { bytes_sent_ += bytes; }
+  // all_gather with checked, non-empty tensors.
+  virtual void gather_nonempty(at::Tensor& output, const at::Tensor& input) = 0;
 
  private:
   std::atomic<int64_t> bytes_sent_{0};

@@ -128,8 +128,7 @@ class InProcessCommunicator final : public Communicator {
     return std::make_unique<InProcessExchange>(mailbox_, rank_, receives, timeout());
   }
 
-  void all_gather(at::Tensor& output, const at::Tensor& input) override {
-    internal::check_all_gather(output, input, size_);
+  void gather_nonempty(at::Tensor& output, const at::Tensor& input) override {
     for (int peer = 0; peer < size_; ++peer) {
       if (peer != rank_) mailbox_->put({rank_, peer, 0, Channel::kAllGather}, input.clone());
     }

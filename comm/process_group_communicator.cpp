@@ -151,8 +151,7 @@ class ProcessGroupCommunicator final : public Communicator {
     return std::make_unique<ProcessGroupExchange>(std::move(works), rank(), name_, timeout());
   }
 
-  void all_gather(at::Tensor& output, const at::Tensor& input) override {
-    internal::check_all_gather(output, input, size());
+  void gather_nonempty(at::Tensor& output, const at::Tensor& input) override {
     // Chunks of a contiguous output along dim 0 are contiguous views, so c10d writes in place.
     std::vector<std::vector<at::Tensor>> outputs{output.split(input.size(0), 0)};
     std::vector<at::Tensor> inputs{input};

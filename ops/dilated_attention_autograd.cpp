@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "ops/dilated_attention_op.h"
+#include "ops/no_double_backward.h"
 
 namespace dilated_attention {
 namespace {
@@ -26,6 +27,7 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
 
   // One gradient per forward input: query, key, value, and none for the arguments struct.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    check_no_double_backward("dilated_attention");
     const auto& grad_output = grad_outputs[0];
     if (!grad_output.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     const auto saved = ctx->get_saved_variables();

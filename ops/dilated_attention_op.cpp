@@ -10,6 +10,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "kernels/dilated_attention_kernel.h"
 #include "ops/attention_config.h"
 #include "ops/validate_attention.h"
@@ -26,12 +28,25 @@ at::Tensor new_like_query(const at::Tensor& query) {
   return at::empty_symint(query.sym_sizes(), query.options());
 }
 
+// The log-sum-exp has one value per position and head: [B, N, H].
+std::vector<c10::SymInt> lse_sizes_of(const at::Tensor& query) {
+  return {query.sym_size(0), query.sym_size(1), query.sym_size(2)};
+}
+
+void check_backward_call(const at::Tensor& grad_output, const at::Tensor& query,
+                         const at::Tensor& key, const at::Tensor& value, const at::Tensor& output,
+                         const at::Tensor& softmax_lse, const at::Tensor& rng_state,
+                         const AttentionArgs& args) {
+  check_dilated_attention_call(query, key, value, args);
+  check_backward_inputs(grad_output, query, output, softmax_lse, rng_state, lse_sizes_of(query));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_forward_meta(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     DILATED_ATTENTION_ARGS_PARAMS) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   check_dilated_attention_call(query, key, value, args);
-  auto lse = at::empty_symint({query.sym_size(0), query.sym_size(1), query.sym_size(2)},
+  auto lse = at::empty_symint(lse_sizes_of(query),
                               query.options().dtype(at::toOpMathType(query.scalar_type())));
   auto rng_state = at::empty({kRngStateSize}, query.options().dtype(at::kLong));
   return {new_like_query(query), lse, rng_state};
@@ -42,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_meta(
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
     const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  check_dilated_attention_call(query, key, value, args);
+  check_backward_call(grad_output, query, key, value, output, softmax_lse, rng_state, args);
   return {new_like_query(query), new_like_query(query), new_like_query(query)};
 }
 
@@ -74,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_op(
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
     const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  check_dilated_attention_call(query, key, value, args);
+  check_backward_call(grad_output, query, key, value, output, softmax_lse, rng_state, args);
   check_device_supports(query, args);
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   return dilated_attention_backward_kernel(grad_output, query, key, value, output, softmax_lse,

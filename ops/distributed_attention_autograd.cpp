@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "ops/distributed_attention_op.h"
+#include "ops/no_double_backward.h"
 
 namespace dilated_attention {
 namespace {
@@ -30,6 +31,7 @@ class DistributedAttentionFunction
 
   // One gradient per forward input: query, key, value, none for the arguments and the target.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    check_no_double_backward("distributed dilated attention");
     const auto saved = ctx->get_saved_variables();
     // Every rank must take part in backward's exchange, so an undefined gradient is zeros.
     const auto grad_output = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(saved[3]);

@@ -8,6 +8,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "ops/attention_config.h"
 #include "ops/config_agreement.h"
 #include "ops/distributed_context.h"
@@ -54,18 +56,34 @@ bool splits_heads(const DistributedCall& call) {
   return call.backend == DistributedBackend::kReplicatedHeads;
 }
 
-// Meta: the output has the query's shape in both contracts; the log-sum-exp covers this rank's
-// rows (sharded, replicated rows) or heads (replicated heads).
+// The log-sum-exp covers this rank's rows (sharded, replicated rows) or heads (replicated heads).
+std::vector<c10::SymInt> lse_sizes_of(const at::Tensor& query, const DistributedCall& call) {
+  const int size = call.comm->size();
+  c10::SymInt rows = query.sym_size(1), heads = query.sym_size(2);
+  if (call.backend == DistributedBackend::kReplicatedRows) rows = rows / size;
+  if (splits_heads(call)) heads = heads / size;
+  return {query.sym_size(0), rows, heads};
+}
+
+// prepare(), and the backward's other tensors.
+DistributedCall prepare_backward(const at::Tensor& grad_output, const at::Tensor& query,
+                                 const at::Tensor& key, const at::Tensor& value,
+                                 const at::Tensor& output, const at::Tensor& softmax_lse,
+                                 const at::Tensor& rng_state, const AttentionArgs& args,
+                                 c10::string_view group_name, c10::string_view backend) {
+  auto call = prepare(query, key, value, args, group_name, backend);
+  check_backward_inputs(grad_output, query, output, softmax_lse, rng_state,
+                        lse_sizes_of(query, call));
+  return call;
+}
+
+// Meta: the output has the query's shape in both contracts.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_meta(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   const auto call = prepare(query, key, value, args, group_name, backend);
-  const int size = call.comm->size();
-  c10::SymInt rows = query.sym_size(1), heads = query.sym_size(2);
-  if (call.backend == DistributedBackend::kReplicatedRows) rows = rows / size;
-  if (splits_heads(call)) heads = heads / size;
-  auto lse = at::empty_symint({query.sym_size(0), rows, heads},
+  auto lse = at::empty_symint(lse_sizes_of(query, call),
                               query.options().dtype(at::toOpMathType(query.scalar_type())));
   return {at::empty_symint(query.sym_sizes(), query.options()), lse,
           at::empty({kRngStateSize}, query.options().dtype(at::kLong))};
@@ -77,7 +95,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_me
     const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
     c10::string_view backend) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  prepare(query, key, value, args, group_name, backend);
+  prepare_backward(grad_output, query, key, value, output, softmax_lse, rng_state, args, group_name,
+                   backend);
   auto like = [&] { return at::empty_symint(query.sym_sizes(), query.options()); };
   return {like(), like(), like()};
 }
@@ -98,6 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
     DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   const auto call = prepare_to_run(query, key, value, args, group_name, backend);
+  const ExclusiveGroupUse group_in_use{std::string(group_name)};
   // Kernels launch on the inputs' device and its current stream.
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
@@ -122,7 +142,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
     const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
     c10::string_view backend) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  const auto call = prepare_to_run(query, key, value, args, group_name, backend);
+  const auto call = prepare_backward(grad_output, query, key, value, output, softmax_lse, rng_state,
+                                     args, group_name, backend);
+  check_device_supports(query, args);
+  const ExclusiveGroupUse group_in_use{std::string(group_name)};
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
   const auto attention =

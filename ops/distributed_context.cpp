@@ -1,13 +1,38 @@
 #include "ops/distributed_context.h"
 
+#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <atomic>
+#include <mutex>
+#include <string>
+#include <unordered_set>
 
 namespace dilated_attention {
 namespace {
 std::atomic<int64_t> last_call_bytes{0};
+
+std::mutex groups_in_use_mutex;
+std::unordered_set<std::string>& groups_in_use() {
+  static std::unordered_set<std::string> groups;
+  return groups;
+}
 }  // namespace
+
+ExclusiveGroupUse::ExclusiveGroupUse(const std::string& group_name) : group_name_(group_name) {
+  if (group_name_.empty()) return;
+  const std::lock_guard<std::mutex> lock(groups_in_use_mutex);
+  TORCH_CHECK_VALUE(groups_in_use().insert(group_name_).second, "group_name '", group_name_,
+                    "' is in use by another dilated attention call in this process (another "
+                    "thread): calls on one process group must not overlap; give each thread its "
+                    "own group (torch.distributed.new_group)");
+}
+
+ExclusiveGroupUse::~ExclusiveGroupUse() {
+  if (group_name_.empty()) return;
+  const std::lock_guard<std::mutex> lock(groups_in_use_mutex);
+  groups_in_use().erase(group_name_);
+}
 
 bool is_sharded(DistributedBackend backend) {
   return info_of(backend).contract == Contract::kSharded;

@@ -1,5 +1,6 @@
 #include "ops/validate_attention.h"
 
+#include <ATen/OpMathType.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 
 #include "kernels/device_kernels.h"
 #include "kernels/index/dilation_plan.h"
+#include "ops/attention_config.h"
 
 namespace dilated_attention {
 namespace {
@@ -82,6 +84,26 @@ void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_he
                       ", which must be smaller than segment_lengths[", g, "] (", segment_lengths[g],
                       ")");
   }
+}
+
+void check_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query,
+                           const at::Tensor& output, const at::Tensor& softmax_lse,
+                           const at::Tensor& rng_state, c10::SymIntArrayRef lse_sizes) {
+  check_same_as_query(query, grad_output, "grad_output");
+  check_same_as_query(query, output, "output");
+  TORCH_CHECK_VALUE(softmax_lse.sym_sizes() == lse_sizes, "softmax_lse expected shape ", lse_sizes,
+                    ", got ", softmax_lse.sym_sizes());
+  const auto lse_dtype = at::toOpMathType(query.scalar_type());
+  TORCH_CHECK_VALUE(softmax_lse.scalar_type() == lse_dtype, "softmax_lse expected dtype ",
+                    lse_dtype, ", got ", softmax_lse.scalar_type());
+  TORCH_CHECK_VALUE(softmax_lse.device() == query.device(), "Device mismatch: query is on ",
+                    query.device(), ", softmax_lse is on ", softmax_lse.device());
+  TORCH_CHECK_VALUE(rng_state.dim() == 1 && rng_state.sym_size(0) == kRngStateSize &&
+                        rng_state.scalar_type() == at::kLong,
+                    "rng_state expected ", kRngStateSize,
+                    " int64 values (the forward's "
+                    "rng_state), got shape ",
+                    rng_state.sym_sizes(), " of dtype ", rng_state.scalar_type());
 }
 
 void check_device_supports(const at::Tensor& query, const AttentionArgs& args) {

@@ -25,7 +25,15 @@ void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_he
 // only: Meta tensors stand for any device.
 void check_device_supports(const at::Tensor& query, const AttentionArgs& args);
 
-// All of the above but the device check, for dilated_attention's arguments.
+// The tensors the internal backward ops take besides query / key / value, which a caller of
+// torch.ops may pass by hand: grad_output and output of the query's shape, dtype and device;
+// softmax_lse of `lse_sizes`, the query's device and its compute dtype (float32, float64 for
+// float64); rng_state kRngStateSize int64 values.
+void check_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query,
+                           const at::Tensor& output, const at::Tensor& softmax_lse,
+                           const at::Tensor& rng_state, c10::SymIntArrayRef lse_sizes);
+
+// All of the above but the device and backward checks, for dilated_attention's arguments.
 void check_dilated_attention_call(const at::Tensor& query, const at::Tensor& key,
                                   const at::Tensor& value, const AttentionArgs& args);
 

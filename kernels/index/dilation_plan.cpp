@@ -31,7 +31,10 @@ std::vector<HeadGroup> make_head_groups(int64_t num_heads,
     group.first_head = next_head;
     group.num_heads = num_heads / num_groups + (g < num_heads % num_groups ? 1 : 0);
     group.segment_length = segment_lengths[g];
-    group.dilation_rate = dilation_rates[g];
+    // A rate at or past the segment length leaves one position per segment, the offset; so does
+    // stepping by the segment length, which keeps the views' strides (rate * H * D) in int64
+    // for any rate the schema takes. The offset still comes from the rate given.
+    group.dilation_rate = std::min(dilation_rates[g], segment_lengths[g]);
     group.offset = group_offset(g, dilation_rates[g]);
     next_head += group.num_heads;
     groups.push_back(group);

@@ -9,7 +9,8 @@
 namespace dilated_attention {
 
 // One head group: the heads [first_head, first_head + num_heads) share a segment length,
-// a dilation rate and an offset.
+// a dilation rate and an offset. make_head_groups caps the rate at the segment length (the
+// positions are the same: only the offset once the rate reaches it).
 struct HeadGroup {
   int64_t index = 0;
   int64_t first_head = 0;

@@ -4,6 +4,8 @@
 // torch/torch.h first: c10 defines its own CHECK macro, and Catch2's must be the one that wins.
 #include <torch/torch.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <string>
@@ -12,6 +14,7 @@
 
 #include "catch_compat.h"
 #include "comm/communicator.h"
+#include "error_messages.h"
 
 using namespace dilated_attention::comm;
 
@@ -163,4 +166,32 @@ TEST_CASE("in-process reset_bytes_sent starts the count again", "[comm]") {
   });
   CHECK(world[0]->bytes_sent() == 2 * 4);
   CHECK(world[1]->bytes_sent() == 4 * 8 + 2 * 4);
+}
+
+TEST_CASE("DILATED_ATTENTION_COMM_TIMEOUT_S is read, and refused when unusable", "[comm]") {
+  using dilated_attention::comm::Communicator;
+  constexpr const char* kVariable = "DILATED_ATTENTION_COMM_TIMEOUT_S";
+  const char* saved = std::getenv(kVariable);
+  const std::string restore = saved == nullptr ? "" : saved;
+  const auto error_with = [&](const char* value) {
+    setenv(kVariable, value, 1);
+    return test_support::value_error_of([] { Communicator::default_timeout(); });
+  };
+
+  setenv(kVariable, "0.0004", 1);
+  CHECK(Communicator::default_timeout() == std::chrono::milliseconds(1));
+  setenv(kVariable, "31536000", 1);
+  CHECK(Communicator::default_timeout() == std::chrono::hours(24 * 365));
+  CHECK(test_support::mentions(error_with("31536001"), "longer than the longest timeout"));
+  CHECK(test_support::mentions(error_with("9.3e9"), "31536000 seconds (one year)"));
+  CHECK(test_support::mentions(error_with("1e17"), "'1e17' is longer than"));
+  CHECK(test_support::mentions(error_with("-1"), "is not a positive number of seconds"));
+  CHECK(test_support::mentions(error_with("inf"), "is not a positive number of seconds"));
+  CHECK(test_support::mentions(error_with("5s"), "is not a positive number of seconds"));
+
+  if (saved == nullptr) {
+    unsetenv(kVariable);
+  } else {
+    setenv(kVariable, restore.c_str(), 1);
+  }
 }

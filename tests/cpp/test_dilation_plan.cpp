@@ -1,3 +1,6 @@
+#include <cstdint>
+#include <vector>
+
 #include "catch_compat.h"
 #include "kernels/index/dilation_plan.h"
 
@@ -58,4 +61,21 @@ TEST_CASE("effective FLOPs count only the dilated work", "[plan]") {
       4.0 * 3 * 16384 * 2048 * 64 + 4.0 * 3 * 8192 * 2048 * 64 + 4.0 * 2 * 4096 * 2048 * 64;
   CHECK(dilated_attention_forward_flops(1, 16384, 64, groups) == expected);
   CHECK(dilated_attention_forward_flops(2, 16384, 64, groups) == 2 * expected);
+}
+
+TEST_CASE("rates at or past the segment length step by the segment length", "[plan]") {
+  const int64_t huge = int64_t{1} << 62;
+  const auto groups = make_head_groups(3, {4, 4, 8}, {huge, 4, 3});
+  CHECK(groups[0].dilation_rate == 4);
+  CHECK(groups[0].offset == 0);
+  CHECK(groups[1].dilation_rate == 4);
+  CHECK(groups[1].offset == 1);
+  CHECK(groups[2].dilation_rate == 3);
+  CHECK(groups[2].offset == 2);
+  // One position per segment, the offset, exactly as stepping by `huge` would give.
+  CHECK(segment_positions(groups[0], 2) == std::vector<int64_t>{8});
+  CHECK(segment_positions(groups[1], 1) == std::vector<int64_t>{5});
+  const auto largest = make_head_groups(1, {1}, {INT64_MAX});
+  CHECK(largest[0].dilation_rate == 1);
+  CHECK(largest[0].subset_length() == 1);
 }

@@ -1,0 +1,251 @@
+"""Misuse that once crashed, aborted or answered wrongly: the internal ops' other tensors, double
+backward, dilation rates near int64's limit, and the multi-head ops' projections. Each case
+raises a ValueError (NotImplementedError for double backward) naming what is wrong, or computes
+the reference's result."""
+
+import pytest
+import torch
+
+from helpers import assert_close, op_params, recommended_ops
+from reference import dilated_attention_reference
+
+ops = torch.ops.dilated_attention
+SHAPE = (1, 16, 4, 8)
+SEGMENTS, RATES = [8, 16], [1, 2]
+
+
+def _qkv(shape=SHAPE, dtype=torch.float32, requires_grad=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen).to(dtype).requires_grad_(requires_grad)
+            for _ in range(3)]
+
+
+# --- the internal backward ops check every tensor they take --------------------------------------
+
+def _forward_results(dtype=torch.float32):
+    q, k, v = _qkv(dtype=dtype)
+    out, lse, rng = ops._dilated_attention_forward(q, k, v, SEGMENTS, RATES, 0.0, False, None)
+    return q, k, v, out, lse, rng
+
+
+def _core_backward(grad, q, k, v, out, lse, rng):
+    return ops._dilated_attention_backward(grad, q, k, v, out, lse, rng, SEGMENTS, RATES, 0.0,
+                                           False, None)
+
+
+def _distributed_backward(grad, q, k, v, out, lse, rng):
+    return ops._distributed_dilated_attention_backward(grad, q, k, v, out, lse, rng, SEGMENTS,
+                                                       RATES, 0.0, False, None, "",
+                                                       "segment_ring")
+
+
+def _distributed_forward_results():
+    q, k, v = _qkv()
+    out, lse, rng = ops._distributed_dilated_attention_forward(
+        q, k, v, SEGMENTS, RATES, 0.0, False, None, "", "segment_ring")
+    return q, k, v, out, lse, rng
+
+
+# (id, which argument to replace, its replacement from the valid ones, expected message)
+BAD_BACKWARD_ARGUMENTS = [
+    ("grad-one-row", 0, lambda q, lse, rng: q[:, :1].clone(),
+     "Shape mismatch at dimension 1: query has size 16, grad_output has size 1"),
+    ("grad-dtype", 0, lambda q, lse, rng: q.double(), "Dtype mismatch: query is Float, grad_output is Double"),
+    ("grad-3d", 0, lambda q, lse, rng: q[0].clone(), "grad_output expected 4D tensor, got 3D"),
+    ("output-heads", 4, lambda q, lse, rng: q[:, :, :2].clone(),
+     "Shape mismatch at dimension 2: query has size 4, output has size 2"),
+    ("lse-one-row", 5, lambda q, lse, rng: lse[:, :1].clone(),
+     "softmax_lse expected shape [1, 16, 4], got [1, 1, 4]"),
+    ("lse-dtype", 5, lambda q, lse, rng: lse.half(), "softmax_lse expected dtype Float, got Half"),
+    ("lse-device", 5, lambda q, lse, rng: lse.to("meta"), "softmax_lse is on meta"),
+    ("rng-short", 6, lambda q, lse, rng: rng[:1].clone(), "rng_state expected 2 int64 values"),
+    ("rng-dtype", 6, lambda q, lse, rng: rng.float(), "rng_state expected 2 int64 values"),
+]
+
+
+@pytest.mark.parametrize("position, replacement, message",
+                         [pytest.param(*case[1:], id=case[0]) for case in BAD_BACKWARD_ARGUMENTS])
+@pytest.mark.parametrize("which", ["core", "distributed"])
+def test_internal_backward_rejects_bad_tensors(which, position, replacement, message):
+    results = _forward_results() if which == "core" else _distributed_forward_results()
+    q, k, v, out, lse, rng = results
+    args = [torch.randn_like(q), q, k, v, out, lse, rng]
+    args[position] = replacement(q, lse, rng)
+    backward = _core_backward if which == "core" else _distributed_backward
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        backward(*args)
+
+
+def test_internal_backward_rejects_bad_tensors_under_meta():
+    q, k, v, out, lse, rng = (t.to("meta") for t in _forward_results())
+    with pytest.raises(ValueError, match="softmax_lse expected shape"):
+        _core_backward(torch.empty_like(q), q, k, v, out, lse[:, :1], rng)
+
+
+def test_internal_backward_accepts_its_forward_results():
+    q, k, v, out, lse, rng = _forward_results()
+    grad = torch.randn_like(q)
+    got = _core_backward(grad, q, k, v, out, lse, rng)
+    assert all(g.shape == q.shape for g in got)
+
+
+# --- double backward -------------------------------------------------------------------------------
+
+DOUBLE_BACKWARD = "does not support double backward \\(create_graph=True\\)"
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3], ids=["no-dropout", "dropout"])
+def test_core_double_backward_is_refused(dropout_p):
+    q, k, v = _qkv(requires_grad=True)
+    out = ops.dilated_attention(q, k, v, SEGMENTS, RATES, dropout_p)
+    with pytest.raises(NotImplementedError, match="dilated_attention " + DOUBLE_BACKWARD):
+        torch.autograd.grad(out.square().sum(), q, create_graph=True)
+
+
+@pytest.mark.parametrize("op_name", op_params(recommended_ops(signature="attention")))
+def test_distributed_double_backward_is_refused(op_name):
+    q, k, v = _qkv(requires_grad=True)
+    out = getattr(ops, op_name)(q, k, v, SEGMENTS, RATES, 0.0, False, None, "")
+    with pytest.raises(NotImplementedError, match=DOUBLE_BACKWARD):
+        torch.autograd.grad(out.square().sum(), (q, k, v), create_graph=True)
+
+
+def test_first_backward_still_works_after_a_refused_double_backward():
+    q, k, v = _qkv(requires_grad=True)
+    with pytest.raises(NotImplementedError):
+        torch.autograd.grad(ops.dilated_attention(q, k, v, SEGMENTS, RATES).sum(), q,
+                            create_graph=True)
+    (grad_q,) = torch.autograd.grad(ops.dilated_attention(q, k, v, SEGMENTS, RATES).sum(), q)
+    assert torch.isfinite(grad_q).all()
+
+
+# --- dilation rates of any size the schema takes --------------------------------------------------
+
+@pytest.mark.parametrize("rate", [2**59, 2**62, 2**63 - 1])
+def test_huge_dilation_rates_match_the_reference(rate):
+    q, k, v = _qkv(shape=(2, 8, 2, 4), dtype=torch.float64, requires_grad=True, seed=3)
+    segments, rates = [4, 8], [1, rate]
+    out = ops.dilated_attention(q, k, v, segments, rates)
+    ref = dilated_attention_reference(q, k, v, segments, rates)
+    assert_close(out, ref, torch.float64, f"rate {rate}")
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.sum(), (q, k, v))
+    for got, expected in zip(grads, ref_grads):
+        assert_close(got, expected, torch.float64, f"rate {rate} gradient")
+
+
+@pytest.mark.parametrize("op_name", op_params(recommended_ops(signature="attention")))
+def test_huge_dilation_rates_on_the_distributed_ops(op_name):
+    q, k, v = _qkv(shape=(1, 8, 2, 4), dtype=torch.float64, seed=4)
+    segments, rates = [8, 8], [2**62, 3]
+    out = getattr(ops, op_name)(q, k, v, segments, rates, 0.0, False, None, "")
+    assert_close(out, dilated_attention_reference(q, k, v, segments, rates), torch.float64,
+                 op_name)
+
+
+# --- the multi-head ops check their projections before any work ---------------------------------
+
+E, HEADS = 16, 2
+
+
+def _projected_call(**replace):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 16, E, generator=gen)
+    tensors = dict(query=x, key=x, value=x)
+    for name in ("q", "k", "v", "out"):
+        tensors[f"{name}_weight"] = torch.randn(E, E, generator=gen)
+        tensors[f"{name}_bias"] = torch.randn(E, generator=gen)
+    tensors.update(replace)
+    t = tensors
+    return ops._multihead_dilated_attention(
+        t["query"], t["key"], t["value"], t["q_weight"], t["q_bias"], t["k_weight"],
+        t["k_bias"], t["v_weight"], t["v_bias"], t["out_weight"], t["out_bias"],
+        t.get("num_heads", HEADS), [8, 16], [1, 2], 0.0, False, None, "", "segment_ring")
+
+
+PROJECTION_MISUSE = [
+    ("query-4d", dict(query=torch.randn(1, 16, 2, 8)),
+     "Expected 3D tensors \\[B, N, E\\], got query with 4 dimensions"),
+    ("value-2d", dict(value=torch.randn(16, E)),
+     "Expected 3D tensors \\[B, N, E\\], got value with 2 dimensions"),
+    ("key-embedding", dict(key=torch.randn(1, 16, 12)),
+     "key has embedding dimension 12, expected 16 \\(the input size of k_weight\\)"),
+    ("key-dtype", dict(key=torch.randn(1, 16, E, dtype=torch.float64)),
+     "Dtype mismatch: query is Float, key is Double"),
+    ("weight-1d", dict(q_weight=torch.randn(E)), "q_weight expected 2D tensor"),
+    ("bias-shape", dict(v_bias=torch.randn(E + 1)), "v_bias expected shape \\[16\\], got \\[17\\]"),
+    ("bias-dtype", dict(k_bias=torch.randn(E, dtype=torch.float64)),
+     "Dtype mismatch: query is Float, k_bias is Double"),
+    ("heads-split", dict(num_heads=3), "q_weight has 16 output features, which must be divisible"),
+    ("num-heads", dict(num_heads=0), "num_heads must be positive, got 0"),
+    ("k-features", dict(k_weight=torch.randn(8, E), k_bias=None),
+     "q_weight, k_weight and v_weight must have the same number of output features"),
+    ("out-input", dict(out_weight=torch.randn(E, 8)),
+     "the merged heads has embedding dimension 16, expected 8"),
+]
+
+
+@pytest.mark.parametrize("replace, message",
+                         [pytest.param(*case[1:], id=case[0]) for case in PROJECTION_MISUSE])
+def test_projected_op_rejects_bad_projections(replace, message):
+    with pytest.raises(ValueError, match=message):
+        _projected_call(**replace)
+
+
+def test_projected_op_accepts_valid_projections():
+    assert _projected_call().shape == (1, 16, E)
+
+
+def test_fused_self_attention_rejects_bad_projections():
+    x = torch.randn(1, 16, E)
+    qkv_w, out_w = torch.randn(3 * E, E), torch.randn(E, E)
+    call = lambda x, qkv_w, out_w, heads=HEADS: ops.ring_multihead_dilated_attention(
+        x, qkv_w, None, out_w, None, heads, [8, 16], [1, 2], 0.0, False, None, "")
+    assert call(x, qkv_w, out_w).shape == x.shape
+    with pytest.raises(ValueError, match="Expected 3D tensors"):
+        call(x[0], qkv_w, out_w)
+    with pytest.raises(ValueError, match="x has embedding dimension 8, expected 16"):
+        call(torch.randn(1, 16, 8), qkv_w, out_w)
+    with pytest.raises(ValueError, match="divisible by 3 \\* num_heads \\(9\\)"):
+        call(x, qkv_w, out_w, heads=3)
+    with pytest.raises(ValueError, match="the merged heads has embedding dimension 16, expected 12"):
+        call(x, qkv_w, torch.randn(E, 12))
+
+
+# --- the communication timeout (read when a call wraps its process group) -----------------------
+
+TIMEOUT_VALUES = [
+    ("9.3e9", "is longer than the longest timeout, 31536000 seconds (one year)"),
+    ("1e17", "'1e17' is longer than the longest timeout"),
+    ("abc", "is not a positive number of seconds"),
+    ("31536000", None),
+]
+
+
+def timeout_worker(ctx):
+    import os
+
+    import torch.distributed as dist
+
+    q = torch.randn(1, 16, 4, 8)
+    outcomes = {}
+    for value, _ in TIMEOUT_VALUES:
+        os.environ["DILATED_ATTENTION_COMM_TIMEOUT_S"] = value
+        try:
+            ops.ring_dilated_attention_hybrid_optimized_v2(q, q, q, SEGMENTS, RATES, 0.0, False,
+                                                           None, dist.group.WORLD.group_name)
+            outcomes[value] = None
+        except ValueError as e:
+            outcomes[value] = str(e)
+    return outcomes
+
+
+def test_comm_timeout_out_of_range_is_refused():
+    from distributed_harness import run_on_ranks
+
+    (outcomes,) = run_on_ranks(timeout_worker, 1, timeout=120)
+    for value, message in TIMEOUT_VALUES:
+        if message is None:
+            assert outcomes[value] is None, (value, outcomes[value])
+        else:
+            assert outcomes[value] is not None and message in outcomes[value], (value, outcomes)
