@@ -9,7 +9,8 @@ from torch import nn
 
 
 def validate_dilation_config(
-    segment_lengths: Sequence[int], dilation_rates: Sequence[int], dropout: float
+    segment_lengths: Sequence[int], dilation_rates: Sequence[int], dropout: float,
+    softmax_scale: Optional[float] = None,
 ) -> None:
     """Raises the op's ValueError for a bad configuration, at construction time.
 
@@ -19,8 +20,19 @@ def validate_dilation_config(
     heads = max(len(segment_lengths), 1)
     probe = torch.empty(1, 0, heads, 1, device="meta")
     torch.ops.dilated_attention.dilated_attention(
-        probe, probe, probe, list(segment_lengths), list(dilation_rates), float(dropout)
+        probe, probe, probe, list(segment_lengths), list(dilation_rates), float(dropout), False,
+        None if softmax_scale is None else float(softmax_scale),
     )
+
+
+def check_multihead_input(x: torch.Tensor, name: str, embed_dim: int) -> None:
+    """The input checks of the library's multi-head ops (ops/validate_multihead.cpp), in the same
+    words, for modules whose projections run in Python before any op sees the input (users'
+    tests match "Expected 3D tensors" and "embedding dimension")."""
+    if x.dim() != 3:
+        raise ValueError(f"Expected 3D tensors [B, N, E], got {name} with {x.dim()} dimensions")
+    if x.size(2) != embed_dim:
+        raise ValueError(f"{name} has embedding dimension {x.size(2)}, expected {embed_dim}")
 
 
 def as_int_list(values: Sequence[int]) -> List[int]:
@@ -30,6 +42,9 @@ def as_int_list(values: Sequence[int]) -> List[int]:
 def resolve_group_name(process_group: Optional["dist.ProcessGroup"], ring_size: Optional[int]) -> str:
     """The ``group_name`` the distributed ops take: the given group's, else the default (world)
     group's when torch.distributed is initialised, else "" (one process, no communication)."""
+    if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+        raise ValueError(f"process_group must be a torch.distributed.ProcessGroup or None, got "
+                         f"{type(process_group).__name__}")
     group = process_group
     if group is None and dist.is_available() and dist.is_initialized():
         group = dist.group.WORLD
@@ -54,7 +69,7 @@ def set_attention_attributes(module: nn.Module, segment_lengths: Sequence[int],
                              dilation_rates: Sequence[int], dropout: float,
                              softmax_scale: Optional[float]) -> None:
     """Validates the configuration and stores what the module passes to the op."""
-    validate_dilation_config(segment_lengths, dilation_rates, dropout)
+    validate_dilation_config(segment_lengths, dilation_rates, dropout, softmax_scale)
     module.segment_lengths = as_int_list(segment_lengths)
     module.dilation_rates = as_int_list(dilation_rates)
     module.dropout = float(dropout)

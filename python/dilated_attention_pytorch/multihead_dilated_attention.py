@@ -6,13 +6,17 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ._config import init_projections, reject_mask_message
+from ._config import check_multihead_input, init_projections, reject_mask_message
 from .dilated_attention import DilatedAttention
 
 
 def check_heads(embed_dim: int, num_heads: int) -> int:
     """The head dim, after the checks users of the upstream class rely on."""
-    if num_heads <= 0 or embed_dim % num_heads != 0:
+    if embed_dim <= 0:
+        raise ValueError(f"embed_dim must be positive, got {embed_dim}")
+    if num_heads <= 0:
+        raise ValueError(f"num_heads must be positive, got {num_heads}")
+    if embed_dim % num_heads != 0:
         raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
     head_dim = embed_dim // num_heads
     if head_dim % 8 != 0:
@@ -95,6 +99,9 @@ class MultiheadDilatedAttention(nn.Module):
             raise ValueError(reject_mask_message("attn_mask"))
         key = query if key is None else key
         value = key if value is None else value
+        check_multihead_input(query, "query", self.embed_dim)
+        check_multihead_input(key, "key", self.embed_dim)
+        check_multihead_input(value, "value", self.embed_dim)
         q = self.q_ln(self.q_proj(query)).unflatten(-1, (self.num_heads, self.head_dim))
         k = self.k_ln(self.k_proj(key)).unflatten(-1, (self.num_heads, self.head_dim))
         v = self.v_proj(value).unflatten(-1, (self.num_heads, self.head_dim))

@@ -7,6 +7,7 @@ from torch import nn
 
 from . import _op_table
 from ._config import (
+    check_multihead_input,
     init_projections,
     reject_mask_message,
     resolve_group_name,
@@ -87,6 +88,7 @@ class RingMultiheadDilatedAttention(nn.Module):
                              "materialises the attention weights")
         if attn_mask is not None:
             raise ValueError(reject_mask_message("attn_mask"))
+        check_multihead_input(query, "query", self.embed_dim)
         x = query if self.batch_first else query.transpose(0, 1)
         dropout_p = self.dropout if self.training else 0.0
         if self.use_layer_norm:
