@@ -4,19 +4,16 @@
 #include <ATen/ops/tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <cstring>
-#include <sstream>
 #include <string>
 #include <vector>
 
 namespace dilated_attention {
 namespace {
 
-// Fixed-size record so every rank contributes the same number of elements to the all_gather.
-constexpr int64_t kFingerprintSize = 256;
-
 struct Field {
-  std::string name;
+  const char* name;
   std::vector<int64_t> values;
 };
 
@@ -26,27 +23,41 @@ int64_t bits_of(double value) {
   return bits;
 }
 
-std::vector<Field> describe_call(const at::Tensor& query, const AttentionArgs& args) {
-  const auto& scale = args.scale;
-  return {{"query shape", query.sizes().vec()},
-          {"dtype", {static_cast<int64_t>(query.scalar_type())}},
-          {"segment_lengths", args.segment_lengths},
-          {"dilation_rates", args.dilation_rates},
-          {"dropout_p", {bits_of(args.dropout_p)}},
-          {"is_causal", {args.is_causal ? 1 : 0}},
-          {"scale", scale ? std::vector<int64_t>{1, bits_of(*scale)} : std::vector<int64_t>{0}}};
+// FNV-1a over the values: lists of any length compare through a fixed-size record.
+int64_t hash_of(const std::vector<int64_t>& values) {
+  uint64_t hash = 14695981039346656037ULL;
+  for (const int64_t value : values) {
+    for (int byte = 0; byte < 8; ++byte) {
+      hash ^= (static_cast<uint64_t>(value) >> (8 * byte)) & 0xFF;
+      hash *= 1099511628211ULL;
+    }
+  }
+  return static_cast<int64_t>(hash);
 }
 
-// [count, values...] per field, zero padded.
+std::vector<int64_t> count_and_hash(const std::vector<int64_t>& values) {
+  return {static_cast<int64_t>(values.size()), hash_of(values)};
+}
+
+// Every field has a fixed number of values, so every rank's fingerprint has the same size.
+std::vector<Field> describe_call(const at::Tensor& query, const AttentionArgs& args,
+                                 DistributedBackend backend, Pass pass) {
+  TORCH_INTERNAL_ASSERT(query.dim() == 4);
+  const auto& scale = args.scale;
+  return {{"the op (backend)", {static_cast<int64_t>(backend)}},
+          {"the pass (forward or backward)", {pass == Pass::kForward ? 0 : 1}},
+          {"query shape", query.sizes().vec()},
+          {"dtype", {static_cast<int64_t>(query.scalar_type())}},
+          {"segment_lengths", count_and_hash(args.segment_lengths)},
+          {"dilation_rates", count_and_hash(args.dilation_rates)},
+          {"dropout_p", {bits_of(args.dropout_p)}},
+          {"is_causal", {args.is_causal ? 1 : 0}},
+          {"scale", {scale ? 1 : 0, scale ? bits_of(*scale) : 0}}};
+}
+
 std::vector<int64_t> fingerprint(const std::vector<Field>& fields) {
   std::vector<int64_t> flat;
-  for (const auto& f : fields) {
-    flat.push_back(static_cast<int64_t>(f.values.size()));
-    flat.insert(flat.end(), f.values.begin(), f.values.end());
-  }
-  TORCH_CHECK_VALUE(static_cast<int64_t>(flat.size()) <= kFingerprintSize,
-                    "too many segment lengths to compare across ranks");
-  flat.resize(kFingerprintSize, 0);
+  for (const auto& f : fields) flat.insert(flat.end(), f.values.begin(), f.values.end());
   return flat;
 }
 
@@ -54,7 +65,7 @@ std::vector<int64_t> fingerprint(const std::vector<Field>& fields) {
 std::string first_difference(const std::vector<Field>& fields, const int64_t* a, const int64_t* b) {
   int64_t position = 0;
   for (const auto& f : fields) {
-    const int64_t len = static_cast<int64_t>(f.values.size()) + 1;
+    const int64_t len = static_cast<int64_t>(f.values.size());
     if (std::memcmp(a + position, b + position, sizeof(int64_t) * len) != 0) return f.name;
     position += len;
   }
@@ -67,7 +78,7 @@ std::string first_difference(const std::vector<Field>& fields, const int64_t* a,
 at::Tensor gather_through_rank_zero(comm::Communicator& comm, const at::Tensor& mine) {
   constexpr int kAgreementTag = 1 << 21;
   const int size = comm.size();
-  auto table = at::empty({size, kFingerprintSize}, mine.options());
+  auto table = at::empty({size, mine.numel()}, mine.options());
   table[comm.rank()].copy_(mine);
   if (comm.rank() == 0) {
     std::vector<comm::Transfer> receives;
@@ -84,19 +95,25 @@ at::Tensor gather_through_rank_zero(comm::Communicator& comm, const at::Tensor& 
 
 }  // namespace
 
-void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query,
-                       const AttentionArgs& args) {
+void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const AttentionArgs& args,
+                       DistributedBackend backend, Pass pass) {
   if (comm.size() == 1) return;
-  const auto fields = describe_call(query, args);
-  const auto mine = at::tensor(fingerprint(fields), at::kLong).to(query.device());
+  const auto fields = describe_call(query, args, backend, pass);
+  const auto flat = fingerprint(fields);
+  const auto size = static_cast<int64_t>(flat.size());
+  const auto mine = at::tensor(flat, at::kLong).to(query.device());
   const auto table = gather_through_rank_zero(comm, mine).cpu();
   const int64_t* data = table.data_ptr<int64_t>();
   for (int r = 1; r < comm.size(); ++r) {
-    const int64_t* theirs = data + r * kFingerprintSize;
-    if (std::memcmp(theirs, data, sizeof(int64_t) * kFingerprintSize) == 0) continue;
+    const int64_t* theirs = data + r * size;
+    if (std::memcmp(theirs, data, sizeof(int64_t) * size) == 0) continue;
     // Every rank holds the same table, so every rank raises the same error.
-    TORCH_CHECK_VALUE(false, "ring_dilated_attention_production: ranks disagree on ",
-                      first_difference(fields, data, theirs), ": rank 0 and rank ", r,
+    const std::string op = backend == DistributedBackend::kCheckedSegmentRing
+                               ? std::string("ring_dilated_attention_production")
+                               : "distributed dilated attention (backend '" +
+                                     std::string(info_of(backend).name) + "')";
+    TORCH_CHECK_VALUE(false, op, ": ranks disagree on ", first_difference(fields, data, theirs),
+                      ": rank 0 and rank ", r,
                       " were called with different values; all ranks of the group must pass the ",
                       "same shapes, dtype, segment_lengths, dilation_rates, dropout_p, is_causal "
                       "and scale");

@@ -1,17 +1,22 @@
-// The production op's safeguard: before every call's exchange, all ranks of the group compare what
-// they were called with (a fingerprint gathered through rank 0: two small messages, microseconds
-// next to the attention), and every rank raises the same clear error when they differ instead of
-// exchanging mismatched buffers or hanging. A rank that never arrives is named in the timeout.
+// Before its first transfer, every call of a distributed op (forward and backward) has all ranks
+// of the group compare what they were called with: a small fixed-size fingerprint (backend,
+// pass, shape, dtype, the arguments; lists as count and hash) gathered through rank 0, two
+// small messages. When they differ every rank raises the same ValueError naming the first field
+// that differs, instead of posting transfers whose sizes disagree (which aborts a gloo rank
+// and corrupts the others' results). A rank that never arrives is named in the timeout.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include "comm/communicator.h"
 #include "ops/attention_args.h"
+#include "ops/named_op_table.h"
 
 namespace dilated_attention {
 
-void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query,
-                       const AttentionArgs& args);
+enum class Pass { kForward, kBackward };
+
+void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const AttentionArgs& args,
+                       DistributedBackend backend, Pass pass);
 
 }  // namespace dilated_attention

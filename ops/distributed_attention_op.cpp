@@ -121,9 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
   // Kernels launch on the inputs' device and its current stream.
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
-  if (call.backend == DistributedBackend::kCheckedSegmentRing) {
-    check_ranks_agree(comm, query, args);
-  }
+  check_ranks_agree(comm, query, args, call.backend, Pass::kForward);
   const uint64_t seed = draw_dropout_seed(args);
   const auto attention = make_attention_config(query.size(2), query.size(3), args, seed);
   comm.reset_bytes_sent();
@@ -148,6 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
   const ExclusiveGroupUse group_in_use{std::string(group_name)};
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
+  check_ranks_agree(comm, query, args, call.backend, Pass::kBackward);
   const auto attention =
       make_attention_config(query.size(2), query.size(3), args, unpack_dropout_seed(rng_state));
   comm.reset_bytes_sent();

@@ -21,7 +21,8 @@ namespace dilated_attention {
 enum class DistributedBackend {
   kSegmentRing,         // only the dilated K/V rows of segments that span shards, isend/irecv
   kFullRing,            // every K/V shard visits every rank
-  kCheckedSegmentRing,  // kSegmentRing after the ranks check they agree
+  kCheckedSegmentRing,  // kSegmentRing (the production op's name for it; every backend checks
+                        // that the ranks agree, ops/config_agreement.h)
   kAllGather,           // the K/V rows of spanning segments gathered from every rank at once
   kReplicatedRows,      // full sequence on every rank; each attends its rows, then all_gather
   kReplicatedHeads,     // full sequence on every rank; each attends its heads, then all_gather
