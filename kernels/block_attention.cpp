@@ -1,19 +1,46 @@
 #include "kernels/block_attention.h"
 
+#include <ATen/ops/zeros_like.h>
+
 #include "kernels/device_kernels.h"
 
 namespace dilated_attention {
+namespace {
+
+// With scale 0 every key a query may see weighs the same. ATen's attention kernels apply the
+// scale after the causal mask, so 0 * -inf gives NaN rows; zero queries at scale 1 give those
+// equal weights exactly (every score 0), and the gradients of q and k are 0 (every score is
+// 0 * q.k whatever q and k are).
+bool is_zero_scale(const BlockOptions& options) { return options.scale == 0.0; }
+
+BlockOptions at_unit_scale(const BlockOptions& options) {
+  BlockOptions unit = options;
+  unit.scale = 1.0;
+  return unit;
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, const at::Tensor& k,
                                                            const at::Tensor& v,
                                                            const BlockOptions& options) {
-  return kernels_for(q.device().type()).forward(q, k, v, options);
+  const auto& kernels = kernels_for(q.device().type());
+  if (is_zero_scale(options)) {
+    return kernels.forward(at::zeros_like(q), k, v, at_unit_scale(options));
+  }
+  return kernels.forward(q, k, v, options);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options) {
-  return kernels_for(q.device().type()).backward(grad_out, q, k, v, out, lse, options);
+  const auto& kernels = kernels_for(q.device().type());
+  if (is_zero_scale(options)) {
+    const auto grads =
+        kernels.backward(grad_out, at::zeros_like(q), k, v, out, lse, at_unit_scale(options));
+    return {at::zeros_like(q), at::zeros_like(k), std::get<2>(grads)};
+  }
+  return kernels.backward(grad_out, q, k, v, out, lse, options);
 }
 
 }  // namespace dilated_attention

@@ -33,6 +33,7 @@ DistributedCall prepare(const at::Tensor& query, const at::Tensor& key, const at
                         c10::string_view backend) {
   check_attention_args(args);
   check_attention_inputs(query, key, value);
+  check_scale_representable(query, args);
   DistributedCall call{parse_backend(backend), communicator_for(std::string(group_name))};
   check_distributed_layout(query, args, call.comm->size(), call.backend);
   return call;

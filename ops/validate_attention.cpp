@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "kernels/device_kernels.h"
 #include "kernels/index/dilation_plan.h"
@@ -65,6 +66,14 @@ void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                     query.scalar_type());
 }
 
+void check_scale_representable(const at::Tensor& query, const AttentionArgs& args) {
+  if (!args.scale.has_value() || query.scalar_type() == at::kDouble) return;
+  // Half and bfloat16 inputs are computed in float32 too: float32's range is the bound.
+  TORCH_CHECK_VALUE(std::abs(*args.scale) <= std::numeric_limits<float>::max(), "scale (",
+                    *args.scale, ") cannot be represented in float32, the compute dtype of ",
+                    query.scalar_type(), " inputs");
+}
+
 void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,
                            const AttentionArgs& args) {
   const auto& segment_lengths = args.segment_lengths;
@@ -115,6 +124,7 @@ void check_dilated_attention_call(const at::Tensor& query, const at::Tensor& key
                                   const at::Tensor& value, const AttentionArgs& args) {
   check_attention_args(args);
   check_attention_inputs(query, key, value);
+  check_scale_representable(query, args);
   check_sequence_layout(query.sym_size(1), query.sym_size(2), args);
 }
 

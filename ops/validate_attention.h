@@ -16,6 +16,9 @@ void check_attention_args(const AttentionArgs& args);
 void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                             const at::Tensor& value);
 
+// scale within the range of the kernels' compute dtype (float32, float64 for float64 inputs).
+void check_scale_representable(const at::Tensor& query, const AttentionArgs& args);
+
 // The sequence layout against the config: H >= G, every s_g divides N, offsets inside segments.
 // Works on symbolic sizes (Meta / torch.compile) too.
 void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,

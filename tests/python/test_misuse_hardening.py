@@ -249,3 +249,44 @@ def test_comm_timeout_out_of_range_is_refused():
             assert outcomes[value] is None, (value, outcomes[value])
         else:
             assert outcomes[value] is not None and message in outcomes[value], (value, outcomes)
+
+
+# --- scales at the edges --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_zero_scale_matches_the_reference(dtype, causal):
+    """Scale 0: every key a query sees weighs the same (once NaN under the causal mask)."""
+    q, k, v = (t.to(torch.float64).requires_grad_(True) for t in _qkv(seed=6))
+    inputs = [t.detach().to(dtype).requires_grad_(True) for t in (q, k, v)]
+    out = ops.dilated_attention(*inputs, SEGMENTS, RATES, 0.0, causal, 0.0)
+    ref = dilated_attention_reference(q, k, v, SEGMENTS, RATES, causal, 0.0)
+    assert_close(out, ref, dtype, "scale 0 output")
+    grad = torch.randn(SHAPE, dtype=torch.float64)
+    got = torch.autograd.grad(out, inputs, grad.to(dtype))
+    expected = torch.autograd.grad(ref, (q, k, v), grad)
+    for name, g, e in zip("qkv", got, expected):
+        assert_close(g, e, dtype, f"scale 0 grad {name}")
+
+
+@pytest.mark.parametrize("op_name", op_params(recommended_ops(signature="attention")))
+def test_zero_scale_on_the_distributed_ops(op_name):
+    q, k, v = _qkv(dtype=torch.float64, seed=7)
+    out = getattr(ops, op_name)(q, k, v, SEGMENTS, RATES, 0.0, True, 0.0, "")
+    assert_close(out, dilated_attention_reference(q, k, v, SEGMENTS, RATES, True, 0.0),
+                 torch.float64, op_name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_scale_beyond_float32_is_refused(dtype):
+    q, k, v = _qkv(dtype=dtype)
+    with pytest.raises(ValueError, match="scale \\(1e\\+39\\) cannot be represented in float32"):
+        ops.dilated_attention(q, k, v, SEGMENTS, RATES, 0.0, False, 1e39)
+    with pytest.raises(ValueError, match="cannot be represented in float32"):
+        ops.ring_dilated_attention_hybrid_optimized_v2(q, k, v, SEGMENTS, RATES, 0.0, False,
+                                                       -1e39, "")
+
+
+def test_scale_beyond_float32_is_taken_by_float64():
+    q, k, v = _qkv(dtype=torch.float64)
+    assert ops.dilated_attention(q, k, v, SEGMENTS, RATES, 0.0, False, 1e39).shape == SHAPE
