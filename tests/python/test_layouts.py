@@ -11,60 +11,9 @@ import pytest
 import torch
 
 from helpers import assert_close, op_params, recommended_ops
+from layouts import LAYOUTS, storage_size
 from reference import dilated_attention_reference
 
-
-def _sequence_first(base, shape):
-    """[N, B, H, D] storage seen as [B, N, H, D]."""
-    b, n, h, d = shape
-    return base[: n * b * h * d].view(n, b, h, d).transpose(0, 1)
-
-
-def _sliced_sequence_first(base, shape):
-    """Rows 1..N of a longer sequence-first tensor: a storage offset as well."""
-    b, n, h, d = shape
-    return base[: (n + 2) * b * h * d].view(n + 2, b, h, d)[1 : n + 1].transpose(0, 1)
-
-
-def _odd_size_one_strides(base, shape):
-    """Contiguous addressing, but every size-1 dimension reports stride 977."""
-    b, n, h, d = shape
-    contiguous = [n * h * d, h * d, d, 1]
-    strides = [977 if size == 1 else st for size, st in zip(shape, contiguous)]
-    return base.as_strided(shape, strides, 3)
-
-
-def _expanded_rows(base, shape):
-    """One row per batch repeated over the sequence (stride 0)."""
-    b, n, h, d = shape
-    return base[: b * h * d].view(b, 1, h, d).expand(b, n, h, d)
-
-
-def _expanded_batch(base, shape):
-    b, n, h, d = shape
-    return base[: n * h * d].view(1, n, h, d).expand(b, n, h, d)
-
-
-def _overlapping_heads(base, shape):
-    """Heads that share storage: head h reads features h .. h + D - 1 of its row."""
-    b, n, h, d = shape
-    return base.as_strided(shape, ((n * (h + d)), h + d, 1, 1), 1)
-
-
-def _permuted(base, shape):
-    b, n, h, d = shape
-    return base[: b * n * h * d].view(d, h, n, b).permute(3, 2, 1, 0)
-
-
-LAYOUTS = {
-    "sequence_first": _sequence_first,
-    "sliced_sequence_first": _sliced_sequence_first,
-    "odd_size_one_strides": _odd_size_one_strides,
-    "expanded_rows": _expanded_rows,
-    "expanded_batch": _expanded_batch,
-    "overlapping_heads": _overlapping_heads,
-    "permuted": _permuted,
-}
 
 # Shapes with size-1 dimensions in every place, and (segments, rates) that fit them.
 SHAPES = {
@@ -78,7 +27,7 @@ SHAPES = {
 
 def _inputs(layout, shape, seed):
     gen = torch.Generator().manual_seed(seed)
-    size = 4 * (shape[0] + 2) * (shape[1] + 2) * (shape[2] + shape[3]) * shape[3]
+    size = storage_size(shape)
     bases = [torch.randn(size, dtype=torch.float64, generator=gen).requires_grad_(True)
              for _ in range(3)]
     views = [LAYOUTS[layout](b, shape) for b in bases]
