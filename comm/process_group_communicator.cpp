@@ -116,19 +116,21 @@ class ProcessGroupCommunicator final : public Communicator {
     if (coalesce) group_->startCoalescing(c10::DeviceType::CUDA);
     std::vector<PostedWork> works;
     int64_t bytes = 0;
+    std::string posting;  // the transfer being posted, for the error if posting fails
     try {
       for (const Transfer& t : sends) {
         std::vector<at::Tensor> tensors{t.tensor};
-        works.push_back(
-            {group_->send(tensors, t.peer, t.tag), "send to rank " + std::to_string(t.peer)});
+        posting = "send to rank " + std::to_string(t.peer);
+        works.push_back({group_->send(tensors, t.peer, t.tag), posting});
         bytes += static_cast<int64_t>(t.tensor.nbytes());
       }
       for (const Transfer& t : receives) {
         std::vector<at::Tensor> tensors{t.tensor};
-        works.push_back(
-            {group_->recv(tensors, t.peer, t.tag), "receive from rank " + std::to_string(t.peer)});
+        posting = "receive from rank " + std::to_string(t.peer);
+        works.push_back({group_->recv(tensors, t.peer, t.tag), posting});
       }
     } catch (...) {
+      const std::string cause = internal::current_error_text(std::current_exception());
       // Never leave the group in coalescing mode: every later operation would join this block.
       if (coalesce) {
         try {
@@ -136,7 +138,8 @@ class ProcessGroupCommunicator final : public Communicator {
         } catch (...) {
         }
       }
-      throw;
+      // A peer that is gone fails the post itself (gloo: "Connection closed by peer"): name it.
+      internal::raise_transfer_error(rank(), name_, posting, false, timeout(), cause);
     }
     if (coalesce) {
       auto work = group_->endCoalescing(c10::DeviceType::CUDA);
@@ -157,10 +160,16 @@ class ProcessGroupCommunicator final : public Communicator {
     std::vector<at::Tensor> inputs{input};
     c10d::AllgatherOptions options;
     options.timeout = timeout();
-    auto work = group_->allgather(outputs, inputs, options);
+    const std::string what = "all_gather with " + std::to_string(size()) + " ranks";
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+      work = group_->allgather(outputs, inputs, options);
+    } catch (...) {
+      internal::raise_transfer_error(rank(), name_, what, false, timeout(),
+                                     internal::current_error_text(std::current_exception()));
+    }
     count_sent(static_cast<int64_t>(input.nbytes()) * (size() - 1));
-    wait_all({{work, "all_gather with " + std::to_string(size()) + " ranks"}}, rank(), name_,
-             timeout());
+    wait_all({{work, what}}, rank(), name_, timeout());
   }
 
  private:
