@@ -10,8 +10,12 @@ namespace {
 // With scale 0 every key a query may see weighs the same. ATen's attention kernels apply the
 // scale after the causal mask, so 0 * -inf gives NaN rows; zero queries at scale 1 give those
 // equal weights exactly (every score 0), and the gradients of q and k are 0 (every score is
-// 0 * q.k whatever q and k are).
-bool is_zero_scale(const BlockOptions& options) { return options.scale == 0.0; }
+// 0 * q.k whatever q and k are). A scale below float32's smallest value is 0 in kernels that
+// compute in float32 (every input dtype but float64).
+bool is_zero_scale(const at::Tensor& q, const BlockOptions& options) {
+  return options.scale == 0.0 ||
+         (q.scalar_type() != at::kDouble && static_cast<float>(options.scale) == 0.0f);
+}
 
 BlockOptions at_unit_scale(const BlockOptions& options) {
   BlockOptions unit = options;
@@ -25,7 +29,7 @@ std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, 
                                                            const at::Tensor& v,
                                                            const BlockOptions& options) {
   const auto& kernels = kernels_for(q.device().type());
-  if (is_zero_scale(options)) {
+  if (is_zero_scale(q, options)) {
     return kernels.forward(at::zeros_like(q), k, v, at_unit_scale(options));
   }
   return kernels.forward(q, k, v, options);
@@ -35,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options) {
   const auto& kernels = kernels_for(q.device().type());
-  if (is_zero_scale(options)) {
+  if (is_zero_scale(q, options)) {
     const auto grads =
         kernels.backward(grad_out, at::zeros_like(q), k, v, out, lse, at_unit_scale(options));
     return {at::zeros_like(q), at::zeros_like(k), std::get<2>(grads)};

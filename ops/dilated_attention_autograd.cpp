@@ -27,14 +27,21 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
 
   // One gradient per forward input: query, key, value, and none for the arguments struct.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    check_no_double_backward("dilated_attention");
     const auto& grad_output = grad_outputs[0];
     if (!grad_output.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const bool records_graph = at::GradMode::is_enabled();
     const auto saved = ctx->get_saved_variables();
-    auto [grad_query, grad_key, grad_value] =
-        call_dilated_attention_backward(grad_output, saved[0], saved[1], saved[2], saved[3],
-                                        saved[4], saved[5], AttentionArgs::load(ctx));
-    return {grad_query, grad_key, grad_value, at::Tensor()};
+    variable_list grads;
+    {
+      const at::NoGradGuard no_grad;
+      auto [grad_query, grad_key, grad_value] =
+          call_dilated_attention_backward(grad_output, saved[0], saved[1], saved[2], saved[3],
+                                          saved[4], saved[5], AttentionArgs::load(ctx));
+      grads = {grad_query, grad_key, grad_value, at::Tensor()};
+    }
+    // Outside the no-grad scope, so the error node is recorded.
+    return once_differentiable(records_graph, std::move(grads), "dilated_attention", saved[0],
+                               saved[1], saved[2]);
   }
 };
 

@@ -31,16 +31,24 @@ class DistributedAttentionFunction
 
   // One gradient per forward input: query, key, value, none for the arguments and the target.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    check_no_double_backward("distributed dilated attention");
+    const bool records_graph = at::GradMode::is_enabled();
     const auto saved = ctx->get_saved_variables();
-    // Every rank must take part in backward's exchange, so an undefined gradient is zeros.
-    const auto grad_output = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(saved[3]);
-    const DistributedTarget target{ctx->saved_data["group_name"].toStringRef(),
-                                   ctx->saved_data["backend"].toStringRef()};
-    auto [grad_query, grad_key, grad_value] =
-        call_distributed_attention_backward(grad_output, saved[0], saved[1], saved[2], saved[3],
-                                            saved[4], saved[5], AttentionArgs::load(ctx), target);
-    return {grad_query, grad_key, grad_value, at::Tensor(), at::Tensor()};
+    variable_list grads;
+    {
+      const at::NoGradGuard no_grad;
+      // Every rank must take part in backward's exchange, so an undefined gradient is zeros.
+      const auto grad_output =
+          grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(saved[3]);
+      const DistributedTarget target{ctx->saved_data["group_name"].toStringRef(),
+                                     ctx->saved_data["backend"].toStringRef()};
+      auto [grad_query, grad_key, grad_value] =
+          call_distributed_attention_backward(grad_output, saved[0], saved[1], saved[2], saved[3],
+                                              saved[4], saved[5], AttentionArgs::load(ctx), target);
+      grads = {grad_query, grad_key, grad_value, at::Tensor(), at::Tensor()};
+    }
+    // Outside the no-grad scope, so the error node is recorded.
+    return once_differentiable(records_graph, std::move(grads), "distributed dilated attention",
+                               saved[0], saved[1], saved[2]);
   }
 };
 

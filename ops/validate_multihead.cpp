@@ -74,9 +74,13 @@ void check_fused_self_attention_call(const at::Tensor& x, const at::Tensor& qkv_
   check_num_heads(num_heads);
   check_input(x, "x");
   check_projection(qkv_weight, qkv_bias, "qkv", x.sym_size(2), "x", x, "x");
+  // No 3 * num_heads: it could overflow for a huge num_heads and let a bad split through.
   const auto features = qkv_weight.sym_size(0);
-  TORCH_CHECK_VALUE(features % (3 * num_heads) == 0, "qkv_weight has ", features,
-                    " output features, which must be divisible by 3 * num_heads (", 3 * num_heads,
+  TORCH_CHECK_VALUE(features % 3 == 0, "qkv_weight has ", features,
+                    " output features, which must be divisible by 3 (query, key and value)");
+  TORCH_CHECK_VALUE((features / 3) % num_heads == 0, "qkv_weight has ", features,
+                    " output features: the ", features / 3,
+                    " of each of query, key and value must be divisible by num_heads (", num_heads,
                     ")");
   check_projection(out_weight, out_bias, "out", features / 3, "the merged heads", x, "x");
 }

@@ -18,7 +18,8 @@ def validate_dilation_config(
     single source of truth for what is valid and for the wording of the errors.
     """
     heads = max(len(segment_lengths), 1)
-    probe = torch.empty(1, 0, heads, 1, device="meta")
+    # float64: checks that depend on the dtype (a scale's range) wait for the real inputs.
+    probe = torch.empty(1, 0, heads, 1, device="meta", dtype=torch.float64)
     torch.ops.dilated_attention.dilated_attention(
         probe, probe, probe, list(segment_lengths), list(dilation_rates), float(dropout), False,
         None if softmax_scale is None else float(softmax_scale),

@@ -63,12 +63,22 @@ def disagreement_worker(ctx):
         for label, change, _ in DISAGREEMENTS:
             cfg = dict(BASE, **(change if ctx.rank == 1 else {}))
             results[(op_name, label)] = _outcome(lambda: _call(ctx, op_name, cfg))
-        # Backward: agree in forward, then one rank's grad_output differs in nothing but its
-        # call order is the same; a rank that runs backward as another op disagrees.
+        # An agreeing forward and backward.
         out, inputs = _call(ctx, op_name, BASE, requires_grad=True)
         results[(op_name, "backward-agrees")] = _outcome(lambda: out.sum().backward())
         # After the errors, the group still computes: agreeing calls return.
         results[(op_name, "agrees-after")] = _outcome(lambda: _call(ctx, op_name, BASE))
+    # Rank 0 runs a forward while rank 1 runs a backward (the internal ops, by hand).
+    ops = torch.ops.dilated_attention
+    q, k, v = _inputs(ctx, "ring_dilated_attention_hybrid_optimized_v2", BASE)
+    common = (BASE["segs"], BASE["rates"], 0.0, False, None, ctx.group_name, "segment_ring")
+    out, lse, rng = ops._distributed_dilated_attention_forward(q, k, v, *common)
+    if ctx.rank == 0:
+        run = lambda: ops._distributed_dilated_attention_forward(q, k, v, *common)  # noqa: E731
+    else:
+        run = lambda: ops._distributed_dilated_attention_backward(  # noqa: E731
+            torch.ones_like(out), q, k, v, out, lse, rng, *common)
+    results["forward-meets-backward"] = _outcome(run)
     names = ops_with(signature="attention")
     mine = names[0] if ctx.rank == 0 else names[-1]
     results["different-ops"] = _outcome(lambda: _call(ctx, mine, BASE))
@@ -122,6 +132,13 @@ def test_ranks_calling_different_ops_disagree_on_the_op():
         got = res["different-ops"]
         assert got is not None and got[0] == "ValueError", (rank, got)
         assert "ranks disagree on the op (backend)" in got[1], got[1]
+
+
+def test_a_forward_meeting_a_backward_disagrees_on_the_pass():
+    for rank, res in enumerate(_per_rank()):
+        got = res["forward-meets-backward"]
+        assert got is not None and got[0] == "ValueError", (rank, got)
+        assert "ranks disagree on the pass (forward or backward)" in got[1], got[1]
 
 
 def test_many_groups_compare():

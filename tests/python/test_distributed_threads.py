@@ -29,31 +29,35 @@ def threads_worker(ctx):
     gen = torch.Generator().manual_seed(ctx.rank)
     x = torch.randn(1, 8, 2, 4, generator=gen)
     results = {}
-
-    # Rank 0's thread holds the group (rank 1 joins only later), and a second call on the same
-    # group from this rank's main thread must be refused, not interleaved.
     group = dist.new_group(ranks=[0, 1], backend="gloo")
-    held = {}
+    other = dist.new_group(ranks=[0, 1], backend="gloo")
     if ctx.rank == 0:
-        thread = threading.Thread(target=lambda: held.setdefault("out", _call(group.group_name, x)))
-        thread.start()
-        time.sleep(1.0)  # the thread is inside the call, waiting for rank 1
-        try:
-            _call(group.group_name, x)
-            results["second call"] = "returned"
-        except ValueError as e:
-            results["second call"] = str(e)
-        # A distinct group is not held: a call on it overlaps freely (rank 1 answers it).
-        other = dist.new_group(ranks=[0, 1], backend="gloo")
+        # Two threads call on one group at once; rank 1 joins only once one of them was
+        # refused, so the other is surely in flight (whichever thread won the race).
+        outcomes = {}
+
+        def run(name):
+            try:
+                outcomes[name] = ("returned", _call(group.group_name, x))
+            except ValueError as e:
+                outcomes[name] = ("refused", str(e))
+
+        threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while not any(o[0] == "refused" for o in outcomes.values()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Meanwhile a distinct group is free: a call on it overlaps (rank 1 answers it first).
         results["other group"] = _call(other.group_name, x)
-        store.set("second-call-done", "1")
-        thread.join(timeout=60)
-        results["held call"] = held.get("out")
+        store.set("refused-seen", "1")
+        for t in threads:
+            t.join(timeout=60)
+        results["outcomes"] = sorted(outcomes.values(), key=lambda o: o[0])
     else:
-        other = dist.new_group(ranks=[0, 1], backend="gloo")
         results["other group"] = _call(other.group_name, x)
-        store.wait(["second-call-done"])
-        results["held call"] = _call(group.group_name, x)
+        store.wait(["refused-seen"])
+        results["outcomes"] = [("returned", _call(group.group_name, x))]
     # Every rank's expected output: the core op over both shards.
     both = [torch.randn(1, 8, 2, 4, generator=torch.Generator().manual_seed(r)) for r in (0, 1)]
     full = torch.cat(both, dim=1)
@@ -69,14 +73,17 @@ def _results():
 
 def test_second_call_on_a_group_in_use_is_refused():
     rank0, _ = _results()
-    assert IN_USE in rank0["second call"], rank0["second call"]
+    kinds = [o[0] for o in rank0["outcomes"]]
+    assert kinds == ["refused", "returned"], rank0["outcomes"]
+    assert IN_USE in rank0["outcomes"][0][1], rank0["outcomes"][0][1]
 
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_call_in_flight_completes_correctly(rank):
     res = _results()[rank]
-    assert res["held call"] is not None
-    torch.testing.assert_close(res["held call"], res["expected"])
+    returned = [o[1] for o in res["outcomes"] if o[0] == "returned"]
+    assert len(returned) == 1, res["outcomes"]
+    torch.testing.assert_close(returned[0], res["expected"])
 
 
 @pytest.mark.parametrize("rank", [0, 1])
