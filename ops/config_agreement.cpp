@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -40,11 +41,14 @@ std::vector<int64_t> count_and_hash(const std::vector<int64_t>& values) {
 }
 
 // Every field has a fixed number of values, so every rank's fingerprint has the same size.
+constexpr int64_t kFingerprintLength = 16;
+
 std::vector<Field> describe_call(const at::Tensor& query, const AttentionArgs& args,
                                  DistributedBackend backend, Pass pass) {
   TORCH_INTERNAL_ASSERT(query.dim() == 4);
   const auto& scale = args.scale;
-  return {{"the op (backend)", {static_cast<int64_t>(backend)}},
+  return {{"whether the call was refused", {0}},
+          {"the op (backend)", {static_cast<int64_t>(backend)}},
           {"the pass (forward or backward)", {pass == Pass::kForward ? 0 : 1}},
           {"query shape", query.sizes().vec()},
           {"dtype", {static_cast<int64_t>(query.scalar_type())}},
@@ -58,7 +62,22 @@ std::vector<Field> describe_call(const at::Tensor& query, const AttentionArgs& a
 std::vector<int64_t> fingerprint(const std::vector<Field>& fields) {
   std::vector<int64_t> flat;
   for (const auto& f : fields) flat.insert(flat.end(), f.values.begin(), f.values.end());
+  TORCH_INTERNAL_ASSERT(static_cast<int64_t>(flat.size()) == kFingerprintLength);
   return flat;
+}
+
+// What a rank whose own checks refused the call sends: the first value says so.
+std::vector<int64_t> refusal_fingerprint() {
+  std::vector<int64_t> flat(kFingerprintLength, 0);
+  flat[0] = 1;
+  return flat;
+}
+
+std::string op_of(DistributedBackend backend) {
+  return backend == DistributedBackend::kCheckedSegmentRing
+             ? std::string("ring_dilated_attention_production")
+             : "distributed dilated attention (backend '" + std::string(info_of(backend).name) +
+                   "')";
 }
 
 // The first field in which two fingerprints differ.
@@ -96,24 +115,28 @@ at::Tensor gather_through_rank_zero(comm::Communicator& comm, const at::Tensor& 
 }  // namespace
 
 void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const AttentionArgs& args,
-                       DistributedBackend backend, Pass pass) {
-  if (comm.size() == 1) return;
-  const auto fields = describe_call(query, args, backend, pass);
-  const auto flat = fingerprint(fields);
-  const auto size = static_cast<int64_t>(flat.size());
+                       DistributedBackend backend, Pass pass, std::exception_ptr refusal) {
+  if (comm.size() == 1) {
+    if (refusal) std::rethrow_exception(refusal);
+    return;
+  }
+  const auto fields = refusal ? std::vector<Field>{} : describe_call(query, args, backend, pass);
+  const auto flat = refusal ? refusal_fingerprint() : fingerprint(fields);
   const auto mine = at::tensor(flat, at::kLong).to(query.device());
   const auto table = gather_through_rank_zero(comm, mine).cpu();
   const int64_t* data = table.data_ptr<int64_t>();
+  if (refusal) std::rethrow_exception(refusal);
+  for (int r = 0; r < comm.size(); ++r) {
+    TORCH_CHECK_VALUE(data[r * kFingerprintLength] == 0, op_of(backend), ": rank ", r,
+                      " refused the call (its own error says why); every rank raises so that "
+                      "none waits for it");
+  }
   for (int r = 1; r < comm.size(); ++r) {
-    const int64_t* theirs = data + r * size;
-    if (std::memcmp(theirs, data, sizeof(int64_t) * size) == 0) continue;
+    const int64_t* theirs = data + r * kFingerprintLength;
+    if (std::memcmp(theirs, data, sizeof(int64_t) * kFingerprintLength) == 0) continue;
     // Every rank holds the same table, so every rank raises the same error.
-    const std::string op = backend == DistributedBackend::kCheckedSegmentRing
-                               ? std::string("ring_dilated_attention_production")
-                               : "distributed dilated attention (backend '" +
-                                     std::string(info_of(backend).name) + "')";
-    TORCH_CHECK_VALUE(false, op, ": ranks disagree on ", first_difference(fields, data, theirs),
-                      ": rank 0 and rank ", r,
+    TORCH_CHECK_VALUE(false, op_of(backend), ": ranks disagree on ",
+                      first_difference(fields, data, theirs), ": rank 0 and rank ", r,
                       " were called with different values; all ranks of the group must pass the ",
                       "same shapes, dtype, segment_lengths, dilation_rates, dropout_p, is_causal "
                       "and scale");

@@ -3,10 +3,14 @@
 // pass, shape, dtype, the arguments; lists as count and hash) gathered through rank 0, two
 // small messages. When they differ every rank raises the same ValueError naming the first field
 // that differs, instead of posting transfers whose sizes disagree (which aborts a gloo rank
-// and corrupts the others' results). A rank that never arrives is named in the timeout.
+// and corrupts the others' results). A rank whose own checks refused the call takes part too,
+// with a refusal instead of a fingerprint: it raises its own error, and every other rank raises
+// one naming it, so none waits for it. A rank that never arrives is named in the timeout.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include <exception>
 
 #include "comm/communicator.h"
 #include "ops/attention_args.h"
@@ -16,7 +20,8 @@ namespace dilated_attention {
 
 enum class Pass { kForward, kBackward };
 
+// `refusal`: the error this rank's own checks raised, or null.
 void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const AttentionArgs& args,
-                       DistributedBackend backend, Pass pass);
+                       DistributedBackend backend, Pass pass, std::exception_ptr refusal = nullptr);
 
 }  // namespace dilated_attention

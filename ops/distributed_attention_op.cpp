@@ -8,6 +8,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <exception>
 #include <vector>
 
 #include "ops/attention_config.h"
@@ -26,25 +27,40 @@ struct DistributedCall {
   std::shared_ptr<comm::Communicator> comm;
 };
 
-// Resolves the group and the backend, and validates everything before any work (no RNG draw,
-// allocation or transfer happens before this returns).
-DistributedCall prepare(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                        const AttentionArgs& args, c10::string_view group_name,
-                        c10::string_view backend) {
+// The backend and the group's communicator: what a call needs before it can tell its peers
+// anything. Unknown names raise here.
+DistributedCall resolve(c10::string_view group_name, c10::string_view backend) {
+  return {parse_backend(backend), communicator_for(std::string(group_name))};
+}
+
+// Everything one rank can check alone about a call (no RNG draw, allocation or transfer).
+void check_call(const DistributedCall& call, const at::Tensor& query, const at::Tensor& key,
+                const at::Tensor& value, const AttentionArgs& args) {
   check_attention_args(args);
   check_attention_inputs(query, key, value);
   check_scale_representable(query, args);
-  DistributedCall call{parse_backend(backend), communicator_for(std::string(group_name))};
   check_distributed_layout(query, args, call.comm->size(), call.backend);
+}
+
+// For the Meta kernels, which never communicate.
+DistributedCall prepare(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                        const AttentionArgs& args, c10::string_view group_name,
+                        c10::string_view backend) {
+  auto call = resolve(group_name, backend);
+  check_call(call, query, key, value, args);
   return call;
 }
 
-DistributedCall prepare_to_run(const at::Tensor& query, const at::Tensor& key,
-                               const at::Tensor& value, const AttentionArgs& args,
-                               c10::string_view group_name, c10::string_view backend) {
-  auto call = prepare(query, key, value, args, group_name, backend);
-  check_device_supports(query, args);
-  return call;
+// The error `checks` raise, or null: a refused call still takes part in the ranks' agreement,
+// so its peers raise too instead of waiting for it.
+template <typename Checks>
+std::exception_ptr refusal_of(Checks&& checks) {
+  try {
+    checks();
+  } catch (const c10::Error&) {
+    return std::current_exception();
+  }
+  return nullptr;
 }
 
 ShardedAttentionConfig sharded_config(const AttentionConfig& attention, const at::Tensor& query,
@@ -66,16 +82,14 @@ std::vector<c10::SymInt> lse_sizes_of(const at::Tensor& query, const Distributed
   return {query.sym_size(0), rows, heads};
 }
 
-// prepare(), and the backward's other tensors.
-DistributedCall prepare_backward(const at::Tensor& grad_output, const at::Tensor& query,
-                                 const at::Tensor& key, const at::Tensor& value,
-                                 const at::Tensor& output, const at::Tensor& softmax_lse,
-                                 const at::Tensor& rng_state, const AttentionArgs& args,
-                                 c10::string_view group_name, c10::string_view backend) {
-  auto call = prepare(query, key, value, args, group_name, backend);
+// The backward's other tensors, with lse_sizes_of for the backend.
+void check_backward_call(const DistributedCall& call, const at::Tensor& grad_output,
+                         const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                         const at::Tensor& output, const at::Tensor& softmax_lse,
+                         const at::Tensor& rng_state, const AttentionArgs& args) {
+  check_call(call, query, key, value, args);
   check_backward_inputs(grad_output, query, output, softmax_lse, rng_state,
                         lse_sizes_of(query, call));
-  return call;
 }
 
 // Meta: the output has the query's shape in both contracts.
@@ -96,8 +110,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_me
     const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
     c10::string_view backend) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  prepare_backward(grad_output, query, key, value, output, softmax_lse, rng_state, args, group_name,
-                   backend);
+  const auto call = resolve(group_name, backend);
+  check_backward_call(call, grad_output, query, key, value, output, softmax_lse, rng_state, args);
   auto like = [&] { return at::empty_symint(query.sym_sizes(), query.options()); };
   return {like(), like(), like()};
 }
@@ -117,12 +131,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  const auto call = prepare_to_run(query, key, value, args, group_name, backend);
+  const auto call = resolve(group_name, backend);
+  const auto refusal = refusal_of([&] {
+    check_call(call, query, key, value, args);
+    check_device_supports(query, args);
+  });
   const ExclusiveGroupUse group_in_use{std::string(group_name)};
   // Kernels launch on the inputs' device and its current stream.
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
-  check_ranks_agree(comm, query, args, call.backend, Pass::kForward);
+  check_ranks_agree(comm, query, args, call.backend, Pass::kForward, refusal);
   const uint64_t seed = draw_dropout_seed(args);
   const auto attention = make_attention_config(query.size(2), query.size(3), args, seed);
   comm.reset_bytes_sent();
@@ -141,13 +159,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
     const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
     c10::string_view backend) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  const auto call = prepare_backward(grad_output, query, key, value, output, softmax_lse, rng_state,
-                                     args, group_name, backend);
-  check_device_supports(query, args);
+  const auto call = resolve(group_name, backend);
+  const auto refusal = refusal_of([&] {
+    check_backward_call(call, grad_output, query, key, value, output, softmax_lse, rng_state, args);
+    check_device_supports(query, args);
+  });
   const ExclusiveGroupUse group_in_use{std::string(group_name)};
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
-  check_ranks_agree(comm, query, args, call.backend, Pass::kBackward);
+  check_ranks_agree(comm, query, args, call.backend, Pass::kBackward, refusal);
   const auto attention =
       make_attention_config(query.size(2), query.size(3), args, unpack_dropout_seed(rng_state));
   comm.reset_bytes_sent();

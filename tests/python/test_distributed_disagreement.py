@@ -63,6 +63,9 @@ def disagreement_worker(ctx):
         for label, change, _ in DISAGREEMENTS:
             cfg = dict(BASE, **(change if ctx.rank == 1 else {}))
             results[(op_name, label)] = _outcome(lambda: _call(ctx, op_name, cfg))
+        # Rank 0's own checks refuse its call (1e39 is beyond float32), rank 1's call is valid.
+        refused = dict(BASE, scale=1e39, dtype=torch.float32 if ctx.rank == 0 else torch.float64)
+        results[(op_name, "refused")] = _outcome(lambda: _call(ctx, op_name, refused))
         # An agreeing forward and backward.
         out, inputs = _call(ctx, op_name, BASE, requires_grad=True)
         results[(op_name, "backward-agrees")] = _outcome(lambda: out.sum().backward())
@@ -115,6 +118,15 @@ def test_every_rank_raises_naming_the_difference(op_name, label, field):
         kind, message = got
         assert kind == "ValueError", f"rank {rank}: {got}"
         assert f"ranks disagree on {field}: rank 0 and rank 1" in message, f"rank {rank}: {message}"
+
+
+@pytest.mark.parametrize("op_name", op_params(ops_with(signature="attention")))
+def test_a_rank_whose_own_checks_refuse_makes_every_rank_raise(op_name):
+    rank0, rank1 = (res[(op_name, "refused")] for res in _per_rank())
+    assert rank0 is not None and rank0[0] == "ValueError", rank0
+    assert "cannot be represented in float32" in rank0[1], rank0[1]
+    assert rank1 is not None and rank1[0] == "ValueError", rank1
+    assert "rank 0 refused the call (its own error says why)" in rank1[1], rank1[1]
 
 
 @pytest.mark.parametrize("op_name", op_params(ops_with(signature="attention")))
