@@ -1,6 +1,10 @@
 #include "kernels/block_attention.h"
 
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/zeros_like.h>
+
+#include <limits>
+#include <utility>
 
 #include "kernels/device_kernels.h"
 
@@ -23,16 +27,29 @@ BlockOptions at_unit_scale(const BlockOptions& options) {
   return unit;
 }
 
+// A query row holding NaN or +-inf has only NaN (or infinite) scores, so its attention is NaN,
+// as the float64 reference gives; ATen's CPU flash kernel returns 0 for such rows in float32
+// blocks of up to 8 rows. Marking them costs one pass over q and none over the scores, and no
+// host sync. The log-sum-exp is marked too, so merges with other key blocks stay NaN.
+std::tuple<at::Tensor, at::Tensor> with_non_finite_queries_marked(const at::Tensor& q,
+                                                                  at::Tensor out, at::Tensor lse) {
+  const auto bad_rows = at::isfinite(q).logical_not_().any(-1, /*keepdim=*/true);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  out.masked_fill_(bad_rows, nan);
+  lse.masked_fill_(bad_rows.squeeze(-1), nan);
+  return {std::move(out), std::move(lse)};
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, const at::Tensor& k,
                                                            const at::Tensor& v,
                                                            const BlockOptions& options) {
   const auto& kernels = kernels_for(q.device().type());
-  if (is_zero_scale(q, options)) {
-    return kernels.forward(at::zeros_like(q), k, v, at_unit_scale(options));
-  }
-  return kernels.forward(q, k, v, options);
+  auto [out, lse] = is_zero_scale(q, options)
+                        ? kernels.forward(at::zeros_like(q), k, v, at_unit_scale(options))
+                        : kernels.forward(q, k, v, options);
+  return with_non_finite_queries_marked(q, std::move(out), std::move(lse));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(

@@ -308,3 +308,30 @@ def test_scale_below_float32_is_zero_there(dtype):
 def test_scale_beyond_float32_is_taken_by_float64():
     q, k, v = _qkv(dtype=torch.float64)
     assert ops.dilated_attention(q, k, v, SEGMENTS, RATES, 0.0, False, 1e39).shape == SHAPE
+
+
+# --- non-finite queries ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("segments", [[8], [16], [4, 8]], ids=["s8", "s16", "s4-8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_a_non_finite_query_row_gives_a_nan_output_row_only(dtype, segments, value):
+    """As in the float64 reference: that row's scores are NaN or infinite, so its attention is
+    NaN, and no other row changes (ATen's float32 kernel once returned 0 for it)."""
+    q, k, v = _qkv(shape=(1, 16, 4, 4), dtype=torch.float64, seed=9)
+    q[0, 3, 0, 1] = value
+    rates = [1] * len(segments)
+    out = ops.dilated_attention(q.to(dtype), k.to(dtype), v.to(dtype), segments, rates)
+    ref = dilated_attention_reference(q, k, v, segments, rates)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), "NaN where the reference has none"
+    finite = ~torch.isnan(ref)
+    assert_close(out[finite], ref[finite], dtype, "the other rows")
+
+
+@pytest.mark.parametrize("op_name", op_params(recommended_ops(signature="attention")))
+def test_a_nan_query_row_on_the_distributed_ops(op_name):
+    q, k, v = _qkv(shape=(1, 16, 4, 4), seed=10)
+    q[0, 5, 1, 0] = float("nan")
+    out = getattr(ops, op_name)(q, k, v, [8], [1], 0.0, False, None, "")
+    ref = dilated_attention_reference(q.double(), k.double(), v.double(), [8], [1])
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
