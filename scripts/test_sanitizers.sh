@@ -21,9 +21,14 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600
 
+# libstdc++ is preloaded with the runtime: the interpreter does not link it, and ASan's
+# __cxa_throw interceptor must find it at start-up (or every C++ exception aborts).
 asan_runtime=$(${CXX:-c++} -print-file-name=libasan.so)
-[ -f "$asan_runtime" ] || { echo "no ASan runtime at $asan_runtime"; exit 1; }
-LD_PRELOAD="$asan_runtime" DILATED_ATTENTION_OPS_LIB="$PWD/$BUILD_DIR/libdilated_attention_ops.so" \
+cxx_runtime=$(${CXX:-c++} -print-file-name=libstdc++.so)
+for lib in "$asan_runtime" "$cxx_runtime"; do
+  [ -f "$lib" ] || { echo "no runtime library at $lib"; exit 1; }
+done
+LD_PRELOAD="$asan_runtime $cxx_runtime" DILATED_ATTENTION_OPS_LIB="$PWD/$BUILD_DIR/libdilated_attention_ops.so" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   tests/python/test_layouts.py tests/python/test_misuse_hardening.py \
   tests/python/test_validation.py tests/python/test_forward_backward.py \

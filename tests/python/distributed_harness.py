@@ -149,6 +149,24 @@ def run_on_ranks(worker: Callable, world_size: int, args: Sequence = (), *, time
     raise AssertionError("unreachable")
 
 
+_session_runs: Dict[Any, Any] = {}
+
+
+def run_once_per_session(worker: Callable, world_size: int, **kwargs) -> List[Any]:
+    """run_on_ranks(worker, world_size, **kwargs) once per test session: the tests that read the
+    same run share it, and each of them re-raises its error if it failed."""
+    key = (worker.__module__, worker.__qualname__, world_size)
+    if key not in _session_runs:
+        try:
+            _session_runs[key] = run_on_ranks(worker, world_size, **kwargs)
+        except Exception as e:  # noqa: BLE001 - re-raised by every test that reads the run
+            _session_runs[key] = e
+    outcome = _session_runs[key]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
 def _run_once(worker, world_size, args, timeout, child_env, lib, grace_s, peer_grace_s):
     name = getattr(worker, "__name__", repr(worker))
     ctx = mp.get_context("spawn")

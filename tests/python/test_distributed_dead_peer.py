@@ -4,13 +4,12 @@ DILATED_ATTENTION_COMM_TIMEOUT_S, never hang or abort."""
 
 from __future__ import annotations
 
-import functools
 import time
 
 import pytest
 import torch
 
-from distributed_harness import run_on_ranks
+from distributed_harness import run_once_per_session
 from helpers import op_params, op_row, ops_with
 
 TIMEOUT_S = 5
@@ -35,10 +34,9 @@ def dead_peer_worker(ctx):
     return results
 
 
-@functools.lru_cache(maxsize=None)
 def _rank0():
-    return run_on_ranks(dead_peer_worker, 2, timeout=120,
-                        env={"DILATED_ATTENTION_COMM_TIMEOUT_S": str(TIMEOUT_S)})[0]
+    return run_once_per_session(dead_peer_worker, 2, timeout=120,
+                                env={"DILATED_ATTENTION_COMM_TIMEOUT_S": str(TIMEOUT_S)})[0]
 
 
 @pytest.mark.parametrize("op_name", op_params(ops_with(signature="attention")))

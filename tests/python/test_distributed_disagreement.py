@@ -7,13 +7,12 @@ fixed-size fingerprint held is compared too."""
 
 from __future__ import annotations
 
-import functools
 import traceback
 
 import pytest
 import torch
 
-from distributed_harness import run_on_ranks
+from distributed_harness import run_once_per_session
 from helpers import op_params, op_row, ops_with
 
 BASE = dict(B=1, n=8, H=4, D=4, dtype=torch.float32, segs=[8, 16], rates=[1, 2], causal=False,
@@ -93,19 +92,8 @@ def disagreement_worker(ctx):
     return results
 
 
-@functools.lru_cache(maxsize=None)
-def _results():
-    try:
-        return run_on_ranks(disagreement_worker, 2, timeout=150)
-    except Exception as e:  # noqa: BLE001 - re-raised by every test that needs the run
-        return e
-
-
 def _per_rank():
-    res = _results()
-    if isinstance(res, Exception):
-        raise res
-    return res
+    return run_once_per_session(disagreement_worker, 2, timeout=150)
 
 
 @pytest.mark.parametrize("label, field", [(d[0], d[2]) for d in DISAGREEMENTS],

@@ -6,13 +6,12 @@ reference elsewhere)."""
 
 from __future__ import annotations
 
-import functools
 import traceback
 
 import pytest
 import torch
 
-from distributed_harness import run_on_ranks
+from distributed_harness import run_once_per_session
 from helpers import op_params, op_row, ops_with
 
 # name -> (B, N, H, D, segment_lengths, dilation_rates, is_causal, layout of each rank's input)
@@ -70,20 +69,10 @@ def edge_worker(ctx):
     return results
 
 
-@functools.lru_cache(maxsize=None)
-def _results():
-    try:
-        return run_on_ranks(edge_worker, 2, timeout=150)
-    except Exception as e:  # noqa: BLE001 - re-raised by every test that needs the run
-        return e
-
-
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("op_name", op_params(ops_with(signature="attention")))
 def test_edge_shapes_match_the_core_op(op_name, case):
-    per_rank = _results()
-    if isinstance(per_rank, Exception):
-        raise per_rank
+    per_rank = run_once_per_session(edge_worker, 2, timeout=150)
     failures = {rank: res[(op_name, case)] for rank, res in enumerate(per_rank)
                 if res[(op_name, case)]}
     assert not failures, failures

@@ -4,14 +4,13 @@ the call in flight still completes with the right result. Calls on distinct grou
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 
 import pytest
 import torch
 
-from distributed_harness import run_on_ranks
+from distributed_harness import run_once_per_session
 
 IN_USE = "is in use by another dilated attention call in this process"
 SEGS, RATES = [16], [1]  # one segment over both shards: every call needs the peer
@@ -66,9 +65,8 @@ def threads_worker(ctx):
     return results
 
 
-@functools.lru_cache(maxsize=None)
 def _results():
-    return run_on_ranks(threads_worker, 2, timeout=120)
+    return run_once_per_session(threads_worker, 2, timeout=120)
 
 
 def test_second_call_on_a_group_in_use_is_refused():
