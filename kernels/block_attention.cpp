@@ -28,9 +28,14 @@ BlockOptions at_unit_scale(const BlockOptions& options) {
 }
 
 // A query row holding NaN or +-inf has only NaN (or infinite) scores, so its attention is NaN,
-// as the float64 reference gives; ATen's CPU flash kernel returns 0 for such rows in float32
-// blocks of up to 8 rows. Marking them costs one pass over q and none over the scores, and no
-// host sync. The log-sum-exp is marked too, so merges with other key blocks stay NaN.
+// as the float64 reference gives. ATen's CPU flash kernel returns 0 for such a row when the
+// block has few keys (under 16 in float32, bf16 and half, under 8 in float64, on AVX2); longer
+// blocks propagate the NaN. Marking costs a pass over q and out (a fifth of the attention's time
+// at N = 8192 if done for every block), so only blocks of fewer than kShortKeyBlock keys (with
+// room for wider vectors), and scale 0 (whose zero queries lose the NaN), take it. No host sync.
+// The log-sum-exp is marked too, so merges with other key blocks stay NaN.
+constexpr int64_t kShortKeyBlock = 64;
+
 std::tuple<at::Tensor, at::Tensor> with_non_finite_queries_marked(const at::Tensor& q,
                                                                   at::Tensor out, at::Tensor lse) {
   const auto bad_rows = at::isfinite(q).logical_not_().any(-1, /*keepdim=*/true);
@@ -46,10 +51,13 @@ std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, 
                                                            const at::Tensor& v,
                                                            const BlockOptions& options) {
   const auto& kernels = kernels_for(q.device().type());
-  auto [out, lse] = is_zero_scale(q, options)
-                        ? kernels.forward(at::zeros_like(q), k, v, at_unit_scale(options))
-                        : kernels.forward(q, k, v, options);
-  return with_non_finite_queries_marked(q, std::move(out), std::move(lse));
+  const bool zero_scale = is_zero_scale(q, options);
+  auto [out, lse] = zero_scale ? kernels.forward(at::zeros_like(q), k, v, at_unit_scale(options))
+                               : kernels.forward(q, k, v, options);
+  if (zero_scale || k.size(2) < kShortKeyBlock) {
+    return with_non_finite_queries_marked(q, std::move(out), std::move(lse));
+  }
+  return {std::move(out), std::move(lse)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(
