@@ -1,12 +1,20 @@
 #include "kernels/block_attention.h"
 
+#include <ATen/ops/empty.h>
 #include <ATen/ops/isfinite.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 
+#include <algorithm>
 #include <limits>
 #include <utility>
+#include <vector>
 
+#include "kernels/causal_pieces.h"
 #include "kernels/device_kernels.h"
+#include "kernels/lse_merge.h"
 
 namespace dilated_attention {
 namespace {
@@ -36,31 +44,70 @@ BlockOptions at_unit_scale(const BlockOptions& options) {
 // The log-sum-exp is marked too, so merges with other key blocks stay NaN.
 constexpr int64_t kShortKeyBlock = 64;
 
-std::tuple<at::Tensor, at::Tensor> with_non_finite_queries_marked(const at::Tensor& q,
-                                                                  at::Tensor out, at::Tensor lse) {
-  const auto bad_rows = at::isfinite(q).logical_not_().any(-1, /*keepdim=*/true);
+std::tuple<at::Tensor, at::Tensor> with_rows_marked(const at::Tensor& bad_rows, at::Tensor out,
+                                                    at::Tensor lse) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  out.masked_fill_(bad_rows, nan);
-  lse.masked_fill_(bad_rows.squeeze(-1), nan);
+  out.masked_fill_(bad_rows.unsqueeze(-1), nan);
+  lse.masked_fill_(bad_rows, nan);
   return {std::move(out), std::move(lse)};
 }
 
-}  // namespace
+at::Tensor non_finite_query_rows(const at::Tensor& q) {
+  return at::isfinite(q).logical_not_().any(-1);
+}
 
-std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, const at::Tensor& k,
-                                                           const at::Tensor& v,
-                                                           const BlockOptions& options) {
+// What the scores of a short block whose keys hold non-finite values say about its rows.
+// ATen's CPU kernel returns 0 (and log-sum-exp 0) for a row whose visible scores are all NaN in
+// short blocks (a causal row 0 seeing one NaN key), and for one whose visible scores are all
+// -inf in any block, so such blocks compute their scores once more, explicitly. The float64
+// reference makes a row NaN when one visible score is NaN or +inf, and when every visible score
+// of the whole row is -inf (softmax over nothing).
+struct ScoreVerdict {
+  at::Tensor nan_rows;    // [B', h, Lq]: some visible score NaN or +inf
+  at::Tensor empty_rows;  // [B', h, Lq]: every visible score -inf
+};
+
+ScoreVerdict judge_scores(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options) {
+  const auto accumulate = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto scores =
+      at::matmul(q.to(accumulate), k.to(accumulate).transpose(-1, -2)).mul_(options.scale);
+  if (options.is_causal) {
+    const auto hidden = at::ones({q.size(2), k.size(2)}, q.options().dtype(at::kBool)).triu_(1);
+    scores.masked_fill_(hidden, -std::numeric_limits<double>::infinity());
+  }
+  return {scores.isnan().logical_or_(scores.isposinf()).any(-1), scores.isneginf().all(-1)};
+}
+
+// Whether the key block is all a row sees (a whole block), or one piece of what it sees (a
+// causal piece, merged with others afterwards).
+enum class KeyCoverage { kWholeRow, kPieceOfRow };
+
+std::tuple<at::Tensor, at::Tensor> attend(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const BlockOptions& options,
+                                          KeyCoverage coverage = KeyCoverage::kWholeRow) {
   const auto& kernels = kernels_for(q.device().type());
   const bool zero_scale = is_zero_scale(q, options);
   auto [out, lse] = zero_scale ? kernels.forward(at::zeros_like(q), k, v, at_unit_scale(options))
                                : kernels.forward(q, k, v, options);
-  if (zero_scale || k.size(2) < kShortKeyBlock) {
-    return with_non_finite_queries_marked(q, std::move(out), std::move(lse));
+  if (!zero_scale && k.size(2) >= kShortKeyBlock) {
+    return {std::move(out), std::move(lse)};
   }
-  return {std::move(out), std::move(lse)};
+  auto nan_rows = non_finite_query_rows(q);
+  if (holds_non_finite(k)) {
+    const auto verdict = judge_scores(q, k, options);
+    if (coverage == KeyCoverage::kWholeRow) {
+      nan_rows.logical_or_(verdict.empty_rows);
+    } else {
+      // Contributes nothing to the merge; the merged row is judged once all pieces are in.
+      out.masked_fill_(verdict.empty_rows.unsqueeze(-1), 0.0);
+      lse.masked_fill_(verdict.empty_rows, -std::numeric_limits<double>::infinity());
+    }
+    nan_rows.logical_or_(verdict.nan_rows);
+  }
+  return with_rows_marked(nan_rows, std::move(out), std::move(lse));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attend_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options) {
   const auto& kernels = kernels_for(q.device().type());
@@ -70,6 +117,116 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(
     return {at::zeros_like(q), at::zeros_like(k), std::get<2>(grads)};
   }
   return kernels.backward(grad_out, q, k, v, out, lse, options);
+}
+
+// The pieces of a causal block cut at `cuts` (kernels/causal_pieces.h): query rows [a, b) see
+// keys [0, a) unmasked and keys [a, b) causally. `where` moves with the rows, so the dropout mask
+// is the block's.
+struct CausalPiece {
+  int64_t first, rows;
+  bool is_diagonal;
+};
+
+std::vector<CausalPiece> pieces_of(const std::vector<int64_t>& cuts) {
+  std::vector<CausalPiece> pieces;
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+    pieces.push_back({cuts[i], cuts[i + 1] - cuts[i], true});
+    if (cuts[i] > 0) {
+      pieces.push_back({cuts[i], cuts[i + 1] - cuts[i], false});
+    }
+  }
+  return pieces;
+}
+
+BlockOptions options_of(const CausalPiece& piece, const BlockOptions& block) {
+  BlockOptions options = block;
+  options.is_causal = piece.is_diagonal;
+  options.where.query_first += piece.first * block.where.step;
+  if (piece.is_diagonal) {
+    options.where.key_first += piece.first * block.where.step;
+  }
+  return options;
+}
+
+at::Tensor query_rows(const at::Tensor& x, const CausalPiece& piece) {
+  return x.narrow(2, piece.first, piece.rows);
+}
+
+at::Tensor key_rows(const at::Tensor& x, const CausalPiece& piece) {
+  return piece.is_diagonal ? x.narrow(2, piece.first, piece.rows) : x.narrow(2, 0, piece.first);
+}
+
+std::tuple<at::Tensor, at::Tensor> attend_causal_in_pieces(const at::Tensor& q, const at::Tensor& k,
+                                                           const at::Tensor& v,
+                                                           const BlockOptions& options,
+                                                           const std::vector<int64_t>& cuts) {
+  at::Tensor out, lse;
+  std::vector<LseAccumulator> merged(cuts.size());
+  for (const auto& piece : pieces_of(cuts)) {
+    auto [o, l] = attend(query_rows(q, piece), key_rows(k, piece), key_rows(v, piece),
+                         options_of(piece, options), KeyCoverage::kPieceOfRow);
+    if (!out.defined()) {
+      out = at::empty(q.sizes(), q.options());
+      lse = at::empty(q.sizes().slice(0, 3), l.options());
+    }
+    merged[static_cast<size_t>(std::lower_bound(cuts.begin(), cuts.end(), piece.first) -
+                               cuts.begin())]
+        .add(o, l);
+  }
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+    const CausalPiece rows{cuts[i], cuts[i + 1] - cuts[i], true};
+    query_rows(out, rows).copy_(merged[i].out());
+    query_rows(lse, rows).copy_(merged[i].lse());
+  }
+  // A row none of whose visible scores is above -inf: softmax over nothing, NaN.
+  const auto empty_rows = lse.isneginf();
+  return with_rows_marked(empty_rows, std::move(out), std::move(lse));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attend_causal_backward_in_pieces(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options,
+    const std::vector<int64_t>& cuts) {
+  // Half types sum their pieces' gradients in float32.
+  const auto accumulate = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto grad_q = at::zeros(q.sizes(), q.options().dtype(accumulate));
+  auto grad_k = at::zeros(k.sizes(), k.options().dtype(accumulate));
+  auto grad_v = at::zeros(v.sizes(), v.options().dtype(accumulate));
+  for (const auto& piece : pieces_of(cuts)) {
+    const auto [dq, dk, dv] = attend_backward(
+        query_rows(grad_out, piece), query_rows(q, piece), key_rows(k, piece), key_rows(v, piece),
+        query_rows(out, piece), query_rows(lse, piece), options_of(piece, options));
+    query_rows(grad_q, piece).add_(dq);
+    key_rows(grad_k, piece).add_(dk);
+    key_rows(grad_v, piece).add_(dv);
+  }
+  return {grad_q.to(q.scalar_type()), grad_k.to(k.scalar_type()), grad_v.to(v.scalar_type())};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, const at::Tensor& k,
+                                                           const at::Tensor& v,
+                                                           const BlockOptions& options) {
+  if (options.is_causal && options.may_hold_non_finite) {
+    const auto cuts = causal_cut_points({&q}, {&k, &v});
+    if (!cuts.empty()) {
+      return attend_causal_in_pieces(q, k, v, options, cuts);
+    }
+  }
+  return attend(q, k, v, options);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options) {
+  if (options.is_causal && options.may_hold_non_finite) {
+    const auto cuts = causal_cut_points({&grad_out, &q, &out}, {&k, &v});
+    if (!cuts.empty()) {
+      return attend_causal_backward_in_pieces(grad_out, q, k, v, out, lse, options, cuts);
+    }
+  }
+  return attend_backward(grad_out, q, k, v, out, lse, options);
 }
 
 }  // namespace dilated_attention

@@ -28,6 +28,9 @@ struct BlockOptions {
   double scale = 1.0;
   const DropoutMask* dropout = nullptr;  // null or p == 0: no dropout
   ViewCoordinates where;                 // global coordinates of the rows, for the mask
+  // False when the caller has checked that no input holds NaN or +-inf, so causal blocks skip
+  // their own check (kernels/causal_pieces.h).
+  bool may_hold_non_finite = true;
 
   bool uses_dropout() const { return dropout != nullptr && dropout->dropout_p() > 0.0; }
 };

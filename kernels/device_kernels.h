@@ -43,6 +43,11 @@ struct DeviceKernels {
   Backward backward = nullptr;
   Merge merge = nullptr;
   CheckSupported check_supported = nullptr;
+  // Causal blocks whose inputs hold NaN or +-inf are computed in pieces, so the value does not
+  // leak into rows that cannot see it (kernels/causal_pieces.h). Finding out costs one
+  // reduction per input read on the host: free on the CPU, a device sync on CUDA, where it is
+  // off until a sync-free check exists.
+  bool cuts_causal_blocks_at_non_finite = false;
 };
 
 // The kernels of `device`; ValueError when this build has none for it.

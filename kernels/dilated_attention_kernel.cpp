@@ -5,6 +5,7 @@
 #include <ATen/ops/zeros.h>
 
 #include "kernels/block_attention.h"
+#include "kernels/causal_pieces.h"
 #include "kernels/group_views.h"
 #include "kernels/index/dropout_mask.h"
 
@@ -45,10 +46,13 @@ std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Te
   if (q.numel() == 0) return {out, lse};
 
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
+  // One check of the whole tensors instead of one per group.
+  const bool may_hold_non_finite = config.is_causal && may_need_causal_cuts({&q, &k, &v});
   for (const auto& group : config.groups) {
-    auto [group_out, group_lse] =
-        block_attention_forward(group_view(q, group), group_view(k, group), group_view(v, group),
-                                group_block_options(config, group, q.size(1), mask));
+    auto options = group_block_options(config, group, q.size(1), mask);
+    options.may_hold_non_finite = may_hold_non_finite;
+    auto [group_out, group_lse] = block_attention_forward(
+        group_view(q, group), group_view(k, group), group_view(v, group), options);
     group_view(out, group).copy_(group_out.mul_(config.output_scale));
     group_rows_view(lse, group).copy_(group_lse);
   }
@@ -74,12 +78,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
   // 1 / output_scale, removed when it is written back. grad_out stays a zero-copy view.
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
   const auto contiguous_lse = lse.contiguous();
+  const bool may_hold_non_finite =
+      config.is_causal && may_need_causal_cuts({&grad_out, &q, &k, &v, &out});
   for (const auto& group : config.groups) {
-    auto [gq, gk, gv] = block_attention_backward(
-        group_view(grad_out, group), group_view(q, group), group_view(k, group),
-        group_view(v, group), group_view(out, group).div(config.output_scale),
-        group_rows_view(contiguous_lse, group),
-        group_block_options(config, group, q.size(1), mask));
+    auto options = group_block_options(config, group, q.size(1), mask);
+    options.may_hold_non_finite = may_hold_non_finite;
+    auto [gq, gk, gv] = block_attention_backward(group_view(grad_out, group), group_view(q, group),
+                                                 group_view(k, group), group_view(v, group),
+                                                 group_view(out, group).div(config.output_scale),
+                                                 group_rows_view(contiguous_lse, group), options);
     group_view(grad_q, group).copy_(gq.mul_(config.output_scale));
     group_view(grad_k, group).copy_(gk.mul_(config.output_scale));
     group_view(grad_v, group).copy_(gv.mul_(config.output_scale));

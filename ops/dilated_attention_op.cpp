@@ -76,6 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_forward_op(
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   check_dilated_attention_call(query, key, value, args);
   check_device_supports(query, args);
+  check_scores_representable(query, key, args);
   // Kernels launch on the inputs' device and its current stream.
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   const uint64_t seed = draw_dropout_seed(args);
@@ -91,6 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_op(
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   check_backward_call(grad_output, query, key, value, output, softmax_lse, rng_state, args);
   check_device_supports(query, args);
+  check_scores_representable(query, key, args);
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   return dilated_attention_backward_kernel(grad_output, query, key, value, output, softmax_lse,
                                            config_for(query, args, unpack_dropout_seed(rng_state)));

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <exception>
+#include <optional>
 #include <vector>
 
 #include "ops/attention_config.h"
@@ -135,6 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
   const auto refusal = refusal_of([&] {
     check_call(call, query, key, value, args);
     check_device_supports(query, args);
+    check_scores_representable(query, key, args);
   });
   const ExclusiveGroupUse group_in_use{std::string(group_name)};
   // Kernels launch on the inputs' device and its current stream.
@@ -163,6 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
   const auto refusal = refusal_of([&] {
     check_backward_call(call, grad_output, query, key, value, output, softmax_lse, rng_state, args);
     check_device_supports(query, args);
+    check_scores_representable(query, key, args);
   });
   const ExclusiveGroupUse group_in_use{std::string(group_name)};
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
@@ -187,6 +190,30 @@ at::Tensor distributed_attention_op(const at::Tensor& query, const at::Tensor& k
   return std::get<0>(args.unpack([&](auto... shared) {
     return distributed_attention_forward_op(query, key, value, shared..., group_name, backend);
   }));
+}
+
+void check_before_distributed_call(const at::Tensor& input, const AttentionArgs& args,
+                                   const DistributedTarget& target,
+                                   const std::function<void()>& checks) {
+  const auto refusal = refusal_of(checks);
+  if (!refusal) return;
+  const bool tracing = input.is_meta() || input.key_set().has(c10::DispatchKey::Python);
+  std::optional<DistributedCall> call;
+  if (!tracing) {
+    // An unknown group or backend: there are no peers to tell; the checks' error is raised.
+    call = [&]() -> std::optional<DistributedCall> {
+      try {
+        return resolve(target.group_name, target.backend);
+      } catch (const c10::Error&) {
+        return std::nullopt;
+      }
+    }();
+  }
+  if (call) {
+    const ExclusiveGroupUse group_in_use{target.group_name};
+    check_ranks_agree(*call->comm, input, args, call->backend, Pass::kForward, refusal);
+  }
+  std::rethrow_exception(refusal);
 }
 
 at::Tensor call_distributed_attention(const at::Tensor& query, const at::Tensor& key,

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <functional>
 #include <string>
 #include <tuple>
 
@@ -35,6 +36,14 @@ struct DistributedTarget {
   std::string group_name;
   std::string backend;
 };
+
+// For ops that call this family after checks of their own (the multi-head ops' projections):
+// runs `checks`, and when they raise, this rank still takes part in the ranks' agreement with the
+// refusal, as the family's own checks do, so its peers raise naming it instead of waiting; then
+// the error is raised here. While tracing (fake tensors) nothing is exchanged.
+void check_before_distributed_call(const at::Tensor& input, const AttentionArgs& args,
+                                   const DistributedTarget& target,
+                                   const std::function<void()>& checks);
 
 // Dispatcher calls of the family's ops.
 at::Tensor call_distributed_attention(const at::Tensor& query, const at::Tensor& key,

@@ -19,7 +19,8 @@ at::Tensor projected_attention(const at::Tensor& query, const at::Tensor& key,
                                int64_t num_heads, const AttentionArgs& args,
                                const DistributedTarget& target) {
   const auto& p = projections;
-  check_projected_call(query, key, value, p, num_heads);
+  check_before_distributed_call(query, args, target,
+                                [&] { check_projected_call(query, key, value, p, num_heads); });
   auto attended = call_distributed_attention(
       split_heads(at::linear(query, p.q_weight, p.q_bias), num_heads),
       split_heads(at::linear(key, p.k_weight, p.k_bias), num_heads),
@@ -41,7 +42,9 @@ at::Tensor fused_self_attention(const at::Tensor& x, const at::Tensor& qkv_weigh
                                 const at::Tensor& out_weight,
                                 const std::optional<at::Tensor>& out_bias, int64_t num_heads,
                                 const AttentionArgs& args, const DistributedTarget& target) {
-  check_fused_self_attention_call(x, qkv_weight, qkv_bias, out_weight, out_bias, num_heads);
+  check_before_distributed_call(x, args, target, [&] {
+    check_fused_self_attention_call(x, qkv_weight, qkv_bias, out_weight, out_bias, num_heads);
+  });
   auto qkv = split_heads(at::linear(x, qkv_weight, qkv_bias), 3 * num_heads).chunk(3, -2);
   auto attended = call_distributed_attention(qkv[0], qkv[1], qkv[2], args, target);
   return at::linear(attended.flatten(-2), out_weight, out_bias);

@@ -1,6 +1,8 @@
 #include "ops/validate_attention.h"
 
 #include <ATen/OpMathType.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -72,6 +74,32 @@ void check_scale_representable(const at::Tensor& query, const AttentionArgs& arg
   TORCH_CHECK_VALUE(std::abs(*args.scale) <= std::numeric_limits<float>::max(), "scale (",
                     *args.scale, ") cannot be represented in float32, the compute dtype of ",
                     query.scalar_type(), " inputs");
+}
+
+namespace {
+
+double largest_finite_magnitude(const at::Tensor& x) {
+  const auto magnitude = x.abs();
+  return at::where(magnitude.isfinite(), magnitude, at::zeros_like(magnitude))
+      .amax()
+      .item<double>();
+}
+
+}  // namespace
+
+void check_scores_representable(const at::Tensor& query, const at::Tensor& key,
+                                const AttentionArgs& args) {
+  if (!args.scale.has_value() || std::abs(*args.scale) <= 1.0 ||
+      query.scalar_type() == at::kDouble || query.numel() == 0 || key.numel() == 0) {
+    return;
+  }
+  const double bound = std::abs(*args.scale) * static_cast<double>(query.size(-1)) *
+                       largest_finite_magnitude(query) * largest_finite_magnitude(key);
+  TORCH_CHECK_VALUE(bound <= std::numeric_limits<float>::max(), "scale (", *args.scale,
+                    ") can make the scores overflow float32, the compute dtype of ",
+                    query.scalar_type(),
+                    " inputs: |scale| * head_dim * max|query| * max|key| = ", bound, " exceeds ",
+                    std::numeric_limits<float>::max(), "; pass float64 inputs or a smaller scale");
 }
 
 void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,

@@ -19,6 +19,13 @@ void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
 // scale within the range of the kernels' compute dtype (float32, float64 for float64 inputs).
 void check_scale_representable(const at::Tensor& query, const AttentionArgs& args);
 
+// The scores scale * q.k within the compute dtype's range, bounded by |scale| * D * max|q| *
+// max|k| over the finite entries. Reads q and k, so real tensors only, and only for |scale| > 1
+// (the default is 1/sqrt(D)): with |scale| <= 1 scores overflow float32 only for inputs near its
+// own limits, as in any float32 attention.
+void check_scores_representable(const at::Tensor& query, const at::Tensor& key,
+                                const AttentionArgs& args);
+
 // The sequence layout against the config: H >= G, every s_g divides N, offsets inside segments.
 // Works on symbolic sizes (Meta / torch.compile) too.
 void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,

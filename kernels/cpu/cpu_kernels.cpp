@@ -36,7 +36,8 @@ void cpu_supports_everything(const KernelRequest&) {}
 
 const DeviceKernelsRegistration cpu_registration(c10::DeviceType::CPU,
                                                  {&cpu_forward, &cpu_backward, &lse_merge_aten_,
-                                                  &cpu_supports_everything});
+                                                  &cpu_supports_everything,
+                                                  /*cuts_causal_blocks_at_non_finite=*/true});
 
 }  // namespace
 }  // namespace dilated_attention

@@ -3,6 +3,10 @@
 Deliberately naive: explicit head groups, explicit index sets per segment, an explicit
 additive mask and a full softmax. It never calls the op under test and it is
 differentiable, so autograd through it gives reference gradients.
+
+With NaN or +-inf in the inputs a mask is not exact (a masked weight of 0 times a NaN value is
+NaN, and NaN + (-inf) is NaN): a causal row must not depend on keys after it at all. Then each
+row is computed alone over exactly the keys it sees, forward and through autograd.
 """
 
 import math
@@ -43,8 +47,21 @@ def attention_mask(length, is_causal):
 
 def _attend(q, k, v, mask, scale):
     """softmax(scale * q k^T + mask) v for q, k, v of shape [B, L, D]."""
+    if not all(torch.isfinite(t).all() for t in (q, k, v)):
+        return _attend_row_by_row(q, k, v, mask, scale)
     scores = scale * torch.matmul(q, k.transpose(-1, -2)) + mask
     return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def _attend_row_by_row(q, k, v, mask, scale):
+    """Row i attends over exactly the keys j with mask[i, j] == 0, nothing else touched."""
+    rows = []
+    for i in range(q.shape[1]):
+        seen = torch.nonzero(mask[i] == 0).flatten()
+        scores = scale * (q[:, i, None, :] * k[:, seen, :]).sum(-1)
+        weights = torch.softmax(scores, dim=-1)
+        rows.append((weights[..., None] * v[:, seen, :]).sum(-2))
+    return torch.stack(rows, dim=1)
 
 
 def dilated_attention_reference(

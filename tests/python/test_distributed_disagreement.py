@@ -56,6 +56,19 @@ def _outcome(fn):
         return (type(e).__name__, f"{e}\n{traceback.format_exc()}")
 
 
+def _multihead_call(ctx, bad_weight):
+    """The multi-head op checks its projections before the attention op's own checks."""
+    embed, heads = 8, 2
+    gen = torch.Generator().manual_seed(ctx.rank)
+    x = torch.randn(1, 8, embed, generator=gen)
+    w = [torch.randn(embed, embed, generator=gen) for _ in range(4)]
+    if bad_weight:
+        w[1] = torch.randn(embed, embed + 1, generator=gen)
+    return torch.ops.dilated_attention._multihead_dilated_attention(
+        x, x, x, w[0], None, w[1], None, w[2], None, w[3], None, heads, BASE["segs"],
+        BASE["rates"], 0.0, False, None, ctx.group_name)
+
+
 def disagreement_worker(ctx):
     results = {}
     for op_name in ops_with(signature="attention"):
@@ -84,6 +97,8 @@ def disagreement_worker(ctx):
     names = ops_with(signature="attention")
     mine = names[0] if ctx.rank == 0 else names[-1]
     results["different-ops"] = _outcome(lambda: _call(ctx, mine, BASE))
+    results["multihead-refused"] = _outcome(lambda: _multihead_call(ctx, bad_weight=ctx.rank == 0))
+    results["multihead-after"] = _outcome(lambda: _multihead_call(ctx, bad_weight=False))
     # 130 groups (the old fingerprint refused 121 or more): agreeing and disagreeing.
     many = dict(BASE, H=130, D=2, n=2, segs=[2] * 130, rates=[1] * 130)
     results["many-groups"] = _outcome(lambda: _call(ctx, names[0], many))
@@ -115,6 +130,17 @@ def test_a_rank_whose_own_checks_refuse_makes_every_rank_raise(op_name):
     assert "cannot be represented in float32" in rank0[1], rank0[1]
     assert rank1 is not None and rank1[0] == "ValueError", rank1
     assert "rank 0 refused the call (its own error says why)" in rank1[1], rank1[1]
+
+
+def test_a_rank_whose_projections_are_refused_makes_every_rank_raise():
+    """Once, rank 0 raised and rank 1 waited out the timeout in the attention op."""
+    rank0, rank1 = (res["multihead-refused"] for res in _per_rank())
+    assert rank0 is not None and rank0[0] == "ValueError", rank0
+    assert "k_weight" in rank0[1], rank0[1]
+    assert rank1 is not None and rank1[0] == "ValueError", rank1
+    assert "rank 0 refused the call (its own error says why)" in rank1[1], rank1[1]
+    for rank, res in enumerate(_per_rank()):
+        assert res["multihead-after"] is None, (rank, res["multihead-after"])
 
 
 @pytest.mark.parametrize("op_name", op_params(ops_with(signature="attention")))

@@ -310,6 +310,32 @@ def test_scale_beyond_float32_is_taken_by_float64():
     assert ops.dilated_attention(q, k, v, SEGMENTS, RATES, 0.0, False, 1e39).shape == SHAPE
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_scale_whose_scores_overflow_float32_is_refused(dtype):
+    """3e38 is a float32 value, but scale * q.k is not: the softmax once returned NaN."""
+    q, k, v = _qkv(dtype=dtype)
+    with pytest.raises(ValueError, match="scale \\(3e\\+38\\) can make the scores overflow float32"):
+        ops.dilated_attention(q, k, v, SEGMENTS, RATES, 0.0, False, 3e38)
+    with pytest.raises(ValueError, match="can make the scores overflow float32"):
+        ops.ring_dilated_attention_hybrid_optimized_v2(q, k, v, SEGMENTS, RATES, 0.0, True, 3e38,
+                                                       "")
+
+
+def test_a_huge_scale_whose_scores_fit_is_computed_exactly():
+    """The check bounds the scores, it does not refuse large scales as such."""
+    q, k, v = (t * 1e-16 for t in _qkv(seed=4))
+    out = ops.dilated_attention(q, k, v, SEGMENTS, RATES, 0.0, True, 1e33)
+    ref = dilated_attention_reference(q.double(), k.double(), v.double(), SEGMENTS, RATES, True,
+                                      1e33)
+    assert out.isfinite().all()
+    assert_close(out, ref, torch.float32, "scale 1e33")
+    q64, k64, v64 = _qkv(dtype=torch.float64, seed=4)
+    out = ops.dilated_attention(q64, k64, v64, SEGMENTS, RATES, 0.0, False, 3e38)
+    ref = dilated_attention_reference(q64, k64, v64, SEGMENTS, RATES, False, 3e38)
+    assert out.isfinite().all()
+    assert_close(out, ref, torch.float64, "float64 at scale 3e38")
+
+
 # --- non-finite queries ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
