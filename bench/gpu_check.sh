@@ -23,15 +23,27 @@ $CMAKE -S . -B "$BUILD_DIR" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release \
 $CMAKE --build "$BUILD_DIR" -j"$(nproc)"
 export DILATED_ATTENTION_OPS_LIB="$PWD/$BUILD_DIR/libdilated_attention_ops.so"
 
+failed=0
+echo "== tests/python/test_cuda.py and test_cuda_capabilities.py (GPU cases of every fix)"
+if $PYTHON -c "import pytest" 2>/dev/null; then
+  $PYTHON -m pytest -q -p no:cacheprovider -x tests/python/test_cuda.py \
+    tests/python/test_cuda_capabilities.py 2>&1 | tee "$RESULTS/gpu_pytest.log" | tail -30 ||
+    failed=1
+else
+  echo "pytest is not installed here: the pytest cases did not run"
+fi
+
 echo "== correctness on the GPU"
-$PYTHON bench/gpu_check.py correctness --json "$RESULTS/gpu_correctness.json"
+$PYTHON bench/gpu_check.py correctness --json "$RESULTS/gpu_correctness.json" || failed=1
 
 if command -v compute-sanitizer >/dev/null; then
-  echo "== compute-sanitizer memcheck (small shapes)"
-  compute-sanitizer --tool memcheck --error-exitcode 3 $PYTHON bench/gpu_check.py memcheck
+  echo "== compute-sanitizer memcheck (small shapes, at most 120 s, not fatal)"
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 compute-sanitizer --tool memcheck \
+    --error-exitcode 3 $PYTHON bench/gpu_check.py memcheck || echo "memcheck: exit $?"
 else
   echo "== compute-sanitizer not found: memcheck skipped"
 fi
 
 echo "== timings"
 $PYTHON bench/gpu_check.py timing --json "$RESULTS/gpu.json"
+exit $failed

@@ -1,5 +1,6 @@
 // The c10d backend: point-to-point send/recv and allgather on a registered ProcessGroup (gloo on
 // CPU, NCCL on GPU). Links against libtorch_cpu only; nothing here needs Python.
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
+#include <tuple>
 #include <utility>
 
 #include "comm/communicator.h"
@@ -22,6 +24,11 @@ using std::chrono::milliseconds;
 struct PostedWork {
   c10::intrusive_ptr<c10d::Work> work;
   std::string what;  // "receive from rank 0"
+  // NCCL works on CUDA tensors: wait() without a timeout only orders the current stream after
+  // the communication (the CPU queues on). With a timeout NCCL blocks the CPU thread polling
+  // for completion, which kills the overlap of transfers and attention, and aborts the
+  // communicator when it expires; the process group's own timeout bounds them instead.
+  bool stream_ordered = false;
 };
 
 bool mentions_timeout(std::string text) {
@@ -41,7 +48,7 @@ void wait_all(const std::vector<PostedWork>& works, int rank, const std::string&
     bool completed = false;
     std::string cause;
     try {
-      completed = posted.work->wait(left);
+      completed = posted.stream_ordered ? posted.work->wait() : posted.work->wait(left);
     } catch (...) {
       cause = internal::current_error_text(std::current_exception());
     }
@@ -93,7 +100,10 @@ bool has_cuda_backend(const c10d::ProcessGroup& group) {
 
 std::string peers_of(const std::vector<Transfer>& transfers) {
   std::string out;
-  for (const Transfer& t : transfers) out += (out.empty() ? "" : ",") + std::to_string(t.peer);
+  for (const Transfer& t : transfers) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(t.peer);
+  }
   return out.empty() ? "none" : out;
 }
 
@@ -111,8 +121,9 @@ class ProcessGroupCommunicator final : public Communicator {
     internal::check_transfers(sends, receives, rank(), size());
     // NCCL runs the sends and receives of one step as a single group call (no deadlock when
     // every rank sends first); gloo has no coalescing and posts them independently anyway.
-    const bool coalesce = all_cuda(sends, receives) && has_cuda_backend(*group_) &&
-                          group_->getBackend(c10::DeviceType::CUDA)->supportsCoalescing();
+    const bool on_nccl = all_cuda(sends, receives) && has_cuda_backend(*group_);
+    const bool coalesce =
+        on_nccl && group_->getBackend(c10::DeviceType::CUDA)->supportsCoalescing();
     if (coalesce) group_->startCoalescing(c10::DeviceType::CUDA);
     std::vector<PostedWork> works;
     int64_t bytes = 0;
@@ -121,13 +132,13 @@ class ProcessGroupCommunicator final : public Communicator {
       for (const Transfer& t : sends) {
         std::vector<at::Tensor> tensors{t.tensor};
         posting = "send to rank " + std::to_string(t.peer);
-        works.push_back({group_->send(tensors, t.peer, t.tag), posting});
+        works.push_back({group_->send(tensors, t.peer, t.tag), posting, on_nccl});
         bytes += static_cast<int64_t>(t.tensor.nbytes());
       }
       for (const Transfer& t : receives) {
         std::vector<at::Tensor> tensors{t.tensor};
         posting = "receive from rank " + std::to_string(t.peer);
-        works.push_back({group_->recv(tensors, t.peer, t.tag), posting});
+        works.push_back({group_->recv(tensors, t.peer, t.tag), posting, on_nccl});
       }
     } catch (...) {
       const std::string cause = internal::current_error_text(std::current_exception());
@@ -143,8 +154,10 @@ class ProcessGroupCommunicator final : public Communicator {
     }
     if (coalesce) {
       auto work = group_->endCoalescing(c10::DeviceType::CUDA);
-      works.push_back({work, "complete the coalesced exchange (send to ranks " + peers_of(sends) +
-                                 "; receive from ranks " + peers_of(receives) + ")"});
+      works.push_back({work,
+                       "complete the coalesced exchange (send to ranks " + peers_of(sends) +
+                           "; receive from ranks " + peers_of(receives) + ")",
+                       on_nccl});
     }
     // Inside a coalescing block NCCL returns no per-transfer work; the block's work covers them.
     works.erase(
@@ -155,21 +168,26 @@ class ProcessGroupCommunicator final : public Communicator {
   }
 
   void gather_nonempty(at::Tensor& output, const at::Tensor& input) override {
-    // Chunks of a contiguous output along dim 0 are contiguous views, so c10d writes in place.
-    std::vector<std::vector<at::Tensor>> outputs{output.split(input.size(0), 0)};
-    std::vector<at::Tensor> inputs{input};
-    c10d::AllgatherOptions options;
-    options.timeout = timeout();
+    // The single-tensor all_gather (all_gather_into_tensor): c10d writes the contiguous output
+    // directly. With a list of outputs ProcessGroupNCCL gathers into a flat buffer and copies
+    // back. Through the dispatcher op, which torch 2.11 to 2.14 all register under this name.
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("c10d::_allgather_base_", "")
+                         .typed<std::tuple<at::Tensor, c10::intrusive_ptr<c10d::Work>>(
+                             at::Tensor&, at::Tensor&,
+                             const c10::intrusive_ptr<c10d::ProcessGroup>&, bool, int64_t)>();
+    at::Tensor in = input;  // checked contiguous; the op takes a mutable reference
     const std::string what = "all_gather with " + std::to_string(size()) + " ranks";
     c10::intrusive_ptr<c10d::Work> work;
     try {
-      work = group_->allgather(outputs, inputs, options);
+      work = std::get<1>(op.call(output, in, group_, /*async_op=*/true, timeout().count()));
     } catch (...) {
       internal::raise_transfer_error(rank(), name_, what, false, timeout(),
                                      internal::current_error_text(std::current_exception()));
     }
     count_sent(static_cast<int64_t>(input.nbytes()) * (size() - 1));
-    wait_all({{work, what}}, rank(), name_, timeout());
+    const bool on_nccl = input.is_cuda() && has_cuda_backend(*group_);
+    wait_all({{work, what, on_nccl}}, rank(), name_, timeout());
   }
 
  private:

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <cmath>
 #include <mutex>
@@ -28,7 +29,11 @@ uint64_t draw_dropout_seed(const AttentionArgs& args) {
   return generator->random64();
 }
 
-at::Tensor pack_rng_state(uint64_t seed, const at::TensorOptions& options) {
+at::Tensor pack_rng_state(uint64_t seed, const AttentionArgs& args,
+                          const at::TensorOptions& options) {
+  if (!args.uses_dropout()) {
+    return at::zeros({kRngStateSize}, options.dtype(at::kLong));
+  }
   auto rng_state = at::empty({kRngStateSize}, at::TensorOptions().dtype(at::kLong));
   rng_state.data_ptr<int64_t>()[0] = static_cast<int64_t>(seed);
   rng_state.data_ptr<int64_t>()[1] = 0;  // offset, reserved for counter-based GPU generators
@@ -36,7 +41,8 @@ at::Tensor pack_rng_state(uint64_t seed, const at::TensorOptions& options) {
   return rng_state.to(options.device());
 }
 
-uint64_t unpack_dropout_seed(const at::Tensor& rng_state) {
+uint64_t unpack_dropout_seed(const at::Tensor& rng_state, const AttentionArgs& args) {
+  if (!args.uses_dropout()) return 0;
   return static_cast<uint64_t>(rng_state.cpu()[0].item<int64_t>());
 }
 

@@ -21,7 +21,11 @@ AttentionConfig make_attention_config(int64_t num_heads, int64_t head_dim,
 // dropout repeatable), 0 otherwise.
 uint64_t draw_dropout_seed(const AttentionArgs& args);
 
-at::Tensor pack_rng_state(uint64_t seed, const at::TensorOptions& options);
-uint64_t unpack_dropout_seed(const at::Tensor& rng_state);
+// The rng_state tensor lives on the inputs' device. Without dropout it is zeros made there and
+// never read back, so calls without dropout make no host <-> device copy (no sync, and CUDA
+// graph capture works); with dropout the seed is one host value.
+at::Tensor pack_rng_state(uint64_t seed, const AttentionArgs& args,
+                          const at::TensorOptions& options);
+uint64_t unpack_dropout_seed(const at::Tensor& rng_state, const AttentionArgs& args);
 
 }  // namespace dilated_attention

@@ -112,6 +112,16 @@ at::Tensor gather_through_rank_zero(comm::Communicator& comm, const at::Tensor& 
   return table;
 }
 
+// On CUDA (NCCL) the fingerprints go through one all_gather instead: a collective has every
+// rank of the group join NCCL's communicator on the group's first call, which a coalesced
+// send/recv step needs (NCCL creates it lazily, and a rank with nothing to exchange would never
+// join, leaving the others waiting). NCCL waits are bounded by the process group's own timeout.
+at::Tensor gather_with_collective(comm::Communicator& comm, const at::Tensor& mine) {
+  auto table = at::empty({comm.size() * mine.numel()}, mine.options());
+  comm.all_gather(table, mine);
+  return table.view({comm.size(), mine.numel()});
+}
+
 }  // namespace
 
 void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const AttentionArgs& args,
@@ -123,7 +133,9 @@ void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const 
   const auto fields = refusal ? std::vector<Field>{} : describe_call(query, args, backend, pass);
   const auto flat = refusal ? refusal_fingerprint() : fingerprint(fields);
   const auto mine = at::tensor(flat, at::kLong).to(query.device());
-  const auto table = gather_through_rank_zero(comm, mine).cpu();
+  const auto table =
+      (mine.is_cuda() ? gather_with_collective(comm, mine) : gather_through_rank_zero(comm, mine))
+          .cpu();
   const int64_t* data = table.data_ptr<int64_t>();
   if (refusal) std::rethrow_exception(refusal);
   for (int r = 0; r < comm.size(); ++r) {

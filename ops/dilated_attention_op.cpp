@@ -82,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_forward_op(
   const uint64_t seed = draw_dropout_seed(args);
   auto [out, lse] =
       dilated_attention_forward_kernel(query, key, value, config_for(query, args, seed));
-  return {out, lse, pack_rng_state(seed, query.options())};
+  return {out, lse, pack_rng_state(seed, args, query.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_op(
@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_op(
   check_scores_representable(query, key, args);
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   return dilated_attention_backward_kernel(grad_output, query, key, value, output, softmax_lse,
-                                           config_for(query, args, unpack_dropout_seed(rng_state)));
+                                           config_for(query, args, unpack_dropout_seed(rng_state, args)));
 }
 
 at::Tensor dilated_attention_op(const at::Tensor& query, const at::Tensor& key,

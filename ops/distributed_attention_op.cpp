@@ -152,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
                                       sharded_config(attention, query, call))
           : replicated_attention_forward(comm, query, key, value, attention, splits_heads(call));
   record_bytes_sent(comm.bytes_sent());
-  return {out, lse, pack_rng_state(seed, query.options())};
+  return {out, lse, pack_rng_state(seed, args, query.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op(
@@ -172,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
   auto& comm = *call.comm;
   check_ranks_agree(comm, query, args, call.backend, Pass::kBackward, refusal);
   const auto attention =
-      make_attention_config(query.size(2), query.size(3), args, unpack_dropout_seed(rng_state));
+      make_attention_config(query.size(2), query.size(3), args, unpack_dropout_seed(rng_state, args));
   comm.reset_bytes_sent();
   auto grads = is_sharded(call.backend)
                    ? sharded_attention_backward(comm, grad_output, query, key, value, output,

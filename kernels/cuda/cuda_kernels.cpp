@@ -6,9 +6,14 @@
 #include <ATen/ops/_scaled_dot_product_efficient_attention_backward.h>
 #include <ATen/ops/_scaled_dot_product_flash_attention.h>
 #include <ATen/ops/_scaled_dot_product_flash_attention_backward.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
 
 #include "kernels/cuda/lse_merge_cuda.h"
 #include "kernels/device_kernels.h"
@@ -46,8 +51,26 @@ constexpr int64_t kEfficientLseAlignment = 32;
 // Unused by the kernels when dropout_p = 0, but the backward signatures take them.
 at::Tensor no_philox_state() { return at::empty({}, at::dtype(at::kLong)); }
 
-std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q, const at::Tensor& k,
-                                                const at::Tensor& v, const BlockOptions& options) {
+// Flash and the memory-efficient kernel read rows in 16-byte vectors: a view whose base or
+// strides are not 16-byte multiples (a storage offset of a few elements, a chunk of a fused
+// projection with an odd width) is copied. Size-1 dims have no stride that matters.
+at::Tensor aligned(const at::Tensor& x) {
+  const int64_t bytes = static_cast<int64_t>(x.element_size());
+  bool fits = x.stride(-1) == 1 && reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 == 0;
+  for (int64_t d = 0; fits && d + 1 < x.dim(); ++d) {
+    fits = x.size(d) == 1 || (x.stride(d) * bytes) % 16 == 0;
+  }
+  return fits ? x : x.contiguous();
+}
+
+// Both kernels put the view batch on a grid dimension of at most 65535 blocks (B * N / s
+// reaches it at B = 8, N = 131072, s = 16): larger batches run in chunks along dim 0, which are
+// views.
+constexpr int64_t kMaxGridBatch = 65535;
+
+std::tuple<at::Tensor, at::Tensor> forward_one_launch(const at::Tensor& q, const at::Tensor& k,
+                                                      const at::Tensor& v,
+                                                      const BlockOptions& options) {
   if (flash_fits(q.scalar_type(), q.size(-1))) {
     auto result =
         at::_scaled_dot_product_flash_attention(q, k, v, 0.0, options.is_causal,
@@ -59,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q, const at::T
   return {std::get<0>(result), std::get<1>(result).narrow(-1, 0, q.size(2))};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_one_launch(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options) {
   if (flash_fits(q.scalar_type(), q.size(-1))) {
@@ -71,10 +94,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_backward(
   const int64_t padding =
       (kEfficientLseAlignment - rows % kEfficientLseAlignment) % kEfficientLseAlignment;
   const auto padded_lse = at::constant_pad_nd(lse, {0, padding}, 0.0).contiguous();
+  // The efficient backward derives its row term from `out` assuming a dense row stride; the
+  // sharded engine passes strided row views, so `out` is made dense here.
   auto grads = at::_scaled_dot_product_efficient_attention_backward(
-      grad_out, q, k, v, at::Tensor(), out, padded_lse, no_philox_state(), no_philox_state(), 0.0,
-      {true, true, true, false}, options.is_causal, options.scale);
+      grad_out, q, k, v, at::Tensor(), out.contiguous(), padded_lse, no_philox_state(),
+      no_philox_state(), 0.0, {true, true, true, false}, options.is_causal, options.scale);
   return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads)};
+}
+
+std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                const at::Tensor& v_in,
+                                                const BlockOptions& options) {
+  const auto q = aligned(q_in), k = aligned(k_in), v = aligned(v_in);
+  const int64_t batch = q.size(0);
+  if (batch <= kMaxGridBatch) return forward_one_launch(q, k, v, options);
+  std::vector<at::Tensor> outs, lses;
+  for (int64_t first = 0; first < batch; first += kMaxGridBatch) {
+    const int64_t n = std::min(kMaxGridBatch, batch - first);
+    auto [o, l] = forward_one_launch(q.narrow(0, first, n), k.narrow(0, first, n),
+                                     v.narrow(0, first, n), options);
+    outs.push_back(std::move(o));
+    lses.push_back(std::move(l));
+  }
+  return {at::cat(outs), at::cat(lses)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_backward(
+    const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse,
+    const BlockOptions& options) {
+  const auto grad_out = aligned(grad_out_in), q = aligned(q_in), k = aligned(k_in),
+             v = aligned(v_in), out = aligned(out_in);
+  const int64_t batch = q.size(0);
+  if (batch <= kMaxGridBatch) return backward_one_launch(grad_out, q, k, v, out, lse, options);
+  std::vector<at::Tensor> dq, dk, dv;
+  for (int64_t first = 0; first < batch; first += kMaxGridBatch) {
+    const int64_t n = std::min(kMaxGridBatch, batch - first);
+    auto grads = backward_one_launch(grad_out.narrow(0, first, n), q.narrow(0, first, n),
+                                     k.narrow(0, first, n), v.narrow(0, first, n),
+                                     out.narrow(0, first, n), lse.narrow(0, first, n), options);
+    dq.push_back(std::move(std::get<0>(grads)));
+    dk.push_back(std::move(std::get<1>(grads)));
+    dv.push_back(std::move(std::get<2>(grads)));
+  }
+  return {at::cat(dq), at::cat(dk), at::cat(dv)};
 }
 
 const DeviceKernelsRegistration cuda_registration(c10::DeviceType::CUDA,
