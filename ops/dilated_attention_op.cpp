@@ -94,8 +94,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_op(
   check_device_supports(query, args);
   check_scores_representable(query, key, args);
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
-  return dilated_attention_backward_kernel(grad_output, query, key, value, output, softmax_lse,
-                                           config_for(query, args, unpack_dropout_seed(rng_state, args)));
+  return dilated_attention_backward_kernel(
+      grad_output, query, key, value, output, softmax_lse,
+      config_for(query, args, unpack_dropout_seed(rng_state, args)));
 }
 
 at::Tensor dilated_attention_op(const at::Tensor& query, const at::Tensor& key,

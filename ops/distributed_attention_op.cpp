@@ -171,8 +171,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
   check_ranks_agree(comm, query, args, call.backend, Pass::kBackward, refusal);
-  const auto attention =
-      make_attention_config(query.size(2), query.size(3), args, unpack_dropout_seed(rng_state, args));
+  const auto attention = make_attention_config(query.size(2), query.size(3), args,
+                                               unpack_dropout_seed(rng_state, args));
   comm.reset_bytes_sent();
   auto grads = is_sharded(call.backend)
                    ? sharded_attention_backward(comm, grad_output, query, key, value, output,
