@@ -56,9 +56,10 @@ struct Inputs {
   torch::Tensor q, k, v, grad_out;
 };
 
-Inputs make_inputs(const Case& c, int64_t heads) {
+Inputs make_inputs(const Case& c, int64_t heads,
+                   torch::TensorOptions options = torch::TensorOptions(torch::kFloat64)) {
   torch::manual_seed(7);
-  auto make = [&] { return torch::randn({kBatch, c.seq_len, heads, kHeadDim}, torch::kFloat64); };
+  auto make = [&] { return torch::randn({kBatch, c.seq_len, heads, kHeadDim}, options); };
   return {make(), make(), make(), make()};
 }
 
@@ -128,10 +129,13 @@ ShardedAttentionConfig config_for(const Case& c, int64_t heads, bool causal, Exc
 
 }  // namespace
 
-TEST_CASE("sharded forward and backward match the single-device kernel", "[sharded]") {
+namespace {
+
+// Every exchange kind, causal and not, against the single-device kernel on the same device.
+void check_sharded_against_single_device(torch::TensorOptions options, double tolerance) {
   for (const auto& c : cases()) {
     const int64_t heads = static_cast<int64_t>(c.segments.size()) + 1;  // uneven head groups
-    const auto in = make_inputs(c, heads);
+    const auto in = make_inputs(c, heads, options);
     const int64_t n = c.seq_len / c.world_size;
     for (bool causal : {false, true}) {
       const auto reference = config_for(c, heads, causal, ExchangeKind::kSegmentRing).attention;
@@ -145,15 +149,34 @@ TEST_CASE("sharded forward and backward match the single-device kernel", "[shard
         for (int r = 0; r < c.world_size; ++r) {
           INFO("rank " << r);
           auto rows = [&](const torch::Tensor& x) { return x.narrow(1, r * n, n); };
-          CHECK(max_diff(results[r].out, rows(out)) < kTolerance);
-          CHECK(max_diff(results[r].lse, rows(lse)) < kTolerance);
-          CHECK(max_diff(results[r].grad_q, rows(gq)) < kTolerance);
-          CHECK(max_diff(results[r].grad_k, rows(gk)) < kTolerance);
-          CHECK(max_diff(results[r].grad_v, rows(gv)) < kTolerance);
+          CHECK(max_diff(results[r].out, rows(out)) < tolerance);
+          CHECK(max_diff(results[r].lse, rows(lse)) < tolerance);
+          CHECK(max_diff(results[r].grad_q, rows(gq)) < tolerance);
+          CHECK(max_diff(results[r].grad_k, rows(gk)) < tolerance);
+          CHECK(max_diff(results[r].grad_v, rows(gv)) < tolerance);
         }
       }
     }
   }
+}
+
+}  // namespace
+
+TEST_CASE("sharded forward and backward match the single-device kernel", "[sharded]") {
+  check_sharded_against_single_device(torch::TensorOptions(torch::kFloat64), kTolerance);
+}
+
+// Ranks are threads on one GPU: the sharded engine, its transfers and the fused LSE-merge kernel
+// (kernels/cuda/lse_merge_cuda.cu) against the single-device CUDA kernel. bench/gpu_check.sh
+// runs it; without a GPU it says so and checks nothing.
+TEST_CASE("sharded forward and backward on CUDA match the single-device kernel",
+          "[sharded][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA GPU on this machine: the CUDA sharded case did not run");
+    return;
+  }
+  check_sharded_against_single_device(torch::TensorOptions(torch::kFloat32).device(torch::kCUDA),
+                                      2e-3);
 }
 
 TEST_CASE("segment ring sends nothing for local segments and less than the full ring",
