@@ -1,5 +1,6 @@
 #include "kernels/block_attention.h"
 
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/matmul.h>
@@ -56,10 +57,11 @@ at::Tensor non_finite_query_rows(const at::Tensor& q) {
   return at::isfinite(q).logical_not_().any(-1);
 }
 
-// What the scores of a short block whose keys hold non-finite values say about its rows.
-// ATen's CPU kernel returns 0 (and log-sum-exp 0) for a row whose visible scores are all NaN in
-// short blocks (a causal row 0 seeing one NaN key), and for one whose visible scores are all
-// -inf in any block, so such blocks compute their scores once more, explicitly. The float64
+// What the scores of a block whose keys hold non-finite values say about its rows. ATen's CPU
+// kernel returns 0 (and log-sum-exp 0) for a row whose visible scores are all NaN in short
+// blocks (a causal row 0 seeing one NaN key), and for one whose visible scores are all -inf in
+// any block, so such blocks compute their scores once more, explicitly: short blocks, and every
+// piece of a row (where a log-sum-exp of 0 would be merged as a real block). The float64
 // reference makes a row NaN when one visible score is NaN or +inf, and when every visible score
 // of the whole row is -inf (softmax over nothing).
 struct ScoreVerdict {
@@ -67,33 +69,43 @@ struct ScoreVerdict {
   at::Tensor empty_rows;  // [B', h, Lq]: every visible score -inf
 };
 
+// Rows are judged in chunks, so the scores held at once stay near kJudgedScores values.
+constexpr int64_t kJudgedScores = int64_t{1} << 22;
+
 ScoreVerdict judge_scores(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options) {
   const auto accumulate = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto scores =
-      at::matmul(q.to(accumulate), k.to(accumulate).transpose(-1, -2)).mul_(options.scale);
-  if (options.is_causal) {
-    const auto hidden = at::ones({q.size(2), k.size(2)}, q.options().dtype(at::kBool)).triu_(1);
-    scores.masked_fill_(hidden, -std::numeric_limits<double>::infinity());
+  const auto keys = k.to(accumulate).transpose(-1, -2);
+  const int64_t rows = q.size(2), per_row = std::max<int64_t>(1, q.size(0) * q.size(1) * k.size(2));
+  const int64_t chunk = std::max<int64_t>(1, kJudgedScores / per_row);
+  std::vector<at::Tensor> nan_rows, empty_rows;
+  for (int64_t first = 0; first < rows; first += chunk) {
+    const int64_t n = std::min(chunk, rows - first);
+    auto scores = at::matmul(q.narrow(2, first, n).to(accumulate), keys).mul_(options.scale);
+    if (options.is_causal) {  // square block: row first + i sees keys 0 .. first + i
+      const auto hidden = at::ones({n, k.size(2)}, q.options().dtype(at::kBool)).triu_(first + 1);
+      scores.masked_fill_(hidden, -std::numeric_limits<double>::infinity());
+    }
+    nan_rows.push_back(scores.isnan().logical_or_(scores.isposinf()).any(-1));
+    empty_rows.push_back(scores.isneginf().all(-1));
   }
-  return {scores.isnan().logical_or_(scores.isposinf()).any(-1), scores.isneginf().all(-1)};
+  return {at::cat(nan_rows, 2), at::cat(empty_rows, 2)};
 }
-
-// Whether the key block is all a row sees (a whole block), or one piece of what it sees (a
-// causal piece, merged with others afterwards).
-enum class KeyCoverage { kWholeRow, kPieceOfRow };
 
 std::tuple<at::Tensor, at::Tensor> attend(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const BlockOptions& options,
-                                          KeyCoverage coverage = KeyCoverage::kWholeRow) {
+                                          KeyCoverage coverage) {
   const auto& kernels = kernels_for(q.device().type());
   const bool zero_scale = is_zero_scale(q, options);
   auto [out, lse] = zero_scale ? kernels.forward(at::zeros_like(q), k, v, at_unit_scale(options))
                                : kernels.forward(q, k, v, options);
-  if (!zero_scale && k.size(2) >= kShortKeyBlock) {
+  const bool short_block = zero_scale || k.size(2) < kShortKeyBlock;
+  const bool judge = (short_block || coverage == KeyCoverage::kPieceOfRow) &&
+                     options.may_hold_non_finite && may_hold_non_finite({&k});
+  if (!short_block && !judge) {
     return {std::move(out), std::move(lse)};
   }
   auto nan_rows = non_finite_query_rows(q);
-  if (holds_non_finite(k)) {
+  if (judge) {
     const auto verdict = judge_scores(q, k, options);
     if (coverage == KeyCoverage::kWholeRow) {
       nan_rows.logical_or_(verdict.empty_rows);
@@ -178,9 +190,7 @@ std::tuple<at::Tensor, at::Tensor> attend_causal_in_pieces(const at::Tensor& q, 
     query_rows(out, rows).copy_(merged[i].out());
     query_rows(lse, rows).copy_(merged[i].lse());
   }
-  // A row none of whose visible scores is above -inf: softmax over nothing, NaN.
-  const auto empty_rows = lse.isneginf();
-  return with_rows_marked(empty_rows, std::move(out), std::move(lse));
+  return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attend_causal_backward_in_pieces(
@@ -205,16 +215,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attend_causal_backward_in_pieces(
 
 }  // namespace
 
+bool takes_non_finite_handling(bool is_causal, int64_t keys) {
+  return is_causal || keys < kShortKeyBlock;
+}
+
+std::tuple<at::Tensor, at::Tensor> with_unseen_rows_as_nan(at::Tensor out, at::Tensor lse) {
+  if (!kernels_for(lse.device().type()).checks_non_finite_on_host || lse.numel() == 0) {
+    return {std::move(out), std::move(lse)};
+  }
+  const auto unseen = lse.isneginf();
+  if (!unseen.any().item<bool>()) {
+    return {std::move(out), std::move(lse)};
+  }
+  return with_rows_marked(unseen, std::move(out), std::move(lse));
+}
+
 std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, const at::Tensor& k,
                                                            const at::Tensor& v,
-                                                           const BlockOptions& options) {
+                                                           const BlockOptions& options,
+                                                           KeyCoverage coverage) {
   if (options.is_causal && options.may_hold_non_finite) {
     const auto cuts = causal_cut_points({&q}, {&k, &v});
     if (!cuts.empty()) {
-      return attend_causal_in_pieces(q, k, v, options, cuts);
+      // A causal block is all its rows see (its pieces are merged inside); within a ring it
+      // is one block of several, and the ring finishes the merged rows.
+      auto [out, lse] = attend_causal_in_pieces(q, k, v, options, cuts);
+      return coverage == KeyCoverage::kWholeRow ? with_unseen_rows_as_nan(out, lse)
+                                                : std::make_tuple(out, lse);
     }
   }
-  return attend(q, k, v, options);
+  return attend(q, k, v, options, coverage);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(

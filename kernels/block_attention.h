@@ -12,11 +12,26 @@
 
 namespace dilated_attention {
 
+// Whether a key block is all its query rows see, or one of several blocks merged afterwards
+// (the blocks of a ring). A row with no visible score above -inf is NaN, as a softmax over
+// nothing, but only the merged row can tell: a piece gives it log-sum-exp -inf (nothing to
+// merge), and with_unseen_rows_as_nan below finishes the merged result.
+enum class KeyCoverage { kWholeRow, kPieceOfRow };
+
+// Whether a block of `keys` keys takes the exact NaN/inf handling of the kernels (causal blocks,
+// short blocks), which starts with a check of the block's inputs: callers that split tensors
+// into many such blocks check the whole tensors once instead (BlockOptions::may_hold_non_finite).
+bool takes_non_finite_handling(bool is_causal, int64_t keys);
+
 // Returns (output [B', h, Lq, D] in the input dtype, log-sum-exp [B', h, Lq] in the
 // accumulation dtype).
-std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, const at::Tensor& k,
-                                                           const at::Tensor& v,
-                                                           const BlockOptions& options);
+std::tuple<at::Tensor, at::Tensor> block_attention_forward(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const BlockOptions& options,
+    KeyCoverage coverage = KeyCoverage::kWholeRow);
+
+// A merged result's rows whose log-sum-exp is -inf made NaN, where the device checks non-finite
+// values on the host (DeviceKernels::checks_non_finite_on_host).
+std::tuple<at::Tensor, at::Tensor> with_unseen_rows_as_nan(at::Tensor out, at::Tensor lse);
 
 // Gradients of <grad_out, out> with respect to q, k, v, where `out` and `lse` are the output and
 // log-sum-exp of the attention over ALL key blocks of these queries (so the weights this block

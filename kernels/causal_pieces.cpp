@@ -27,9 +27,9 @@ at::Tensor non_finite_positions(const at::Tensor& x) {
 
 }  // namespace
 
-bool may_need_causal_cuts(std::initializer_list<const at::Tensor*> tensors) {
+bool may_hold_non_finite(std::initializer_list<const at::Tensor*> tensors) {
   const auto* first = *tensors.begin();
-  if (!kernels_for(first->device().type()).cuts_causal_blocks_at_non_finite) {
+  if (!kernels_for(first->device().type()).checks_non_finite_on_host) {
     return false;
   }
   return std::any_of(tensors.begin(), tensors.end(),
@@ -38,7 +38,7 @@ bool may_need_causal_cuts(std::initializer_list<const at::Tensor*> tensors) {
 
 std::vector<int64_t> causal_cut_points(std::initializer_list<const at::Tensor*> rows,
                                        std::initializer_list<const at::Tensor*> keys) {
-  if (!may_need_causal_cuts(rows) && !may_need_causal_cuts(keys)) {
+  if (!may_hold_non_finite(rows) && !may_hold_non_finite(keys)) {
     return {};
   }
   const int64_t length = (*rows.begin())->size(2);

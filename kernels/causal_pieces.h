@@ -22,10 +22,10 @@ namespace dilated_attention {
 // overflows also answers true (callers then only take an exact but slower path).
 bool holds_non_finite(const at::Tensor& x);
 
-// Whether causal blocks of these tensors may need cutting: the device's kernels cut
-// (DeviceKernels::cuts_causal_blocks_at_non_finite) and one tensor holds a non-finite value.
+// Whether these tensors may need the exact non-finite handling: the device's kernels check on
+// the host (DeviceKernels::checks_non_finite_on_host) and one tensor holds a non-finite value.
 // Callers that split tensors into many blocks ask once for all of them.
-bool may_need_causal_cuts(std::initializer_list<const at::Tensor*> tensors);
+bool may_hold_non_finite(std::initializer_list<const at::Tensor*> tensors);
 
 // Cut points 0 = c_0 < c_1 < ... < c_n = L of a causal block of L rows, or an empty vector when
 // no cut is needed (may_need_causal_cuts says no: the common case). `rows` are [B', h, L, D]

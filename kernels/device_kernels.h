@@ -43,11 +43,11 @@ struct DeviceKernels {
   Backward backward = nullptr;
   Merge merge = nullptr;
   CheckSupported check_supported = nullptr;
-  // Causal blocks whose inputs hold NaN or +-inf are computed in pieces, so the value does not
-  // leak into rows that cannot see it (kernels/causal_pieces.h). Finding out costs one
-  // reduction per input read on the host: free on the CPU, a device sync on CUDA, where it is
-  // off until a sync-free check exists.
-  bool cuts_causal_blocks_at_non_finite = false;
+  // Whether the exact NaN/inf handling of kernels/block_attention.cpp runs: causal blocks whose
+  // inputs hold NaN or +-inf computed in pieces (kernels/causal_pieces.h), scores judged where
+  // the kernel drops a non-finite row. Each starts with a reduction read on the host: free on
+  // the CPU, a device sync on CUDA, where it is off until a sync-free check exists.
+  bool checks_non_finite_on_host = false;
 };
 
 // The kernels of `device`; ValueError when this build has none for it.

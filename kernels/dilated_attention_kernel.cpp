@@ -4,6 +4,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
+
 #include "kernels/block_attention.h"
 #include "kernels/causal_pieces.h"
 #include "kernels/group_views.h"
@@ -26,6 +28,13 @@ BlockOptions group_block_options(const AttentionConfig& config, const HeadGroup&
   return options;
 }
 
+// One check of the whole tensors instead of one per group's block.
+bool needs_non_finite_check(const AttentionConfig& config, const at::Tensor& q) {
+  return std::any_of(config.groups.begin(), config.groups.end(), [&](const HeadGroup& group) {
+    return takes_non_finite_handling(config.is_causal, group_view(q, group).size(2));
+  });
+}
+
 }  // namespace
 
 at::Tensor new_attention_result(const at::Tensor& like, const std::vector<HeadGroup>& groups) {
@@ -46,11 +55,11 @@ std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Te
   if (q.numel() == 0) return {out, lse};
 
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
-  // One check of the whole tensors instead of one per group.
-  const bool may_hold_non_finite = config.is_causal && may_need_causal_cuts({&q, &k, &v});
+  const bool inputs_may_hold_non_finite =
+      needs_non_finite_check(config, q) && may_hold_non_finite({&q, &k, &v});
   for (const auto& group : config.groups) {
     auto options = group_block_options(config, group, q.size(1), mask);
-    options.may_hold_non_finite = may_hold_non_finite;
+    options.may_hold_non_finite = inputs_may_hold_non_finite;
     auto [group_out, group_lse] = block_attention_forward(
         group_view(q, group), group_view(k, group), group_view(v, group), options);
     group_view(out, group).copy_(group_out.mul_(config.output_scale));
@@ -78,11 +87,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
   // 1 / output_scale, removed when it is written back. grad_out stays a zero-copy view.
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
   const auto contiguous_lse = lse.contiguous();
-  const bool may_hold_non_finite =
-      config.is_causal && may_need_causal_cuts({&grad_out, &q, &k, &v, &out});
+  const bool inputs_may_hold_non_finite =
+      needs_non_finite_check(config, q) && may_hold_non_finite({&grad_out, &q, &k, &v, &out});
   for (const auto& group : config.groups) {
     auto options = group_block_options(config, group, q.size(1), mask);
-    options.may_hold_non_finite = may_hold_non_finite;
+    options.may_hold_non_finite = inputs_may_hold_non_finite;
     auto [gq, gk, gv] = block_attention_backward(group_view(grad_out, group), group_view(q, group),
                                                  group_view(k, group), group_view(v, group),
                                                  group_view(out, group).div(config.output_scale),

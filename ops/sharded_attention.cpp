@@ -122,7 +122,8 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
     const auto& edge = shard.plan[g].edge_segments[e];
     auto [o, l] = block_attention_forward(
         shard.edge_rows(q, g, edge), shard.edge_rows(k, g, edge), shard.edge_rows(v, g, edge),
-        shard.edge_options(shard.plan[g].group, edge, shard.rank, edge.rows_of_rank[shard.rank]));
+        shard.edge_options(shard.plan[g].group, edge, shard.rank, edge.rows_of_rank[shard.rank]),
+        KeyCoverage::kPieceOfRow);
     merged[g][e].add(o, l);
   });
   RemoteBlocks remote;
@@ -133,14 +134,17 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
       const auto& edge = shard.plan[g].edge_segments[e];
       auto [o, l] = block_attention_forward(
           shard.edge_rows(q, g, edge), remote.keys[i], remote.values[i],
-          shard.edge_options(shard.plan[g].group, edge, remote.owner, block.rows));
+          shard.edge_options(shard.plan[g].group, edge, remote.owner, block.rows),
+          KeyCoverage::kPieceOfRow);
       merged[g][e].add(o, l);
     }
   }
   for_each_edge(shard, [&](size_t g, size_t e) {
     const auto& edge = shard.plan[g].edge_segments[e];
-    shard.edge_rows(out, g, edge).copy_(merged[g][e].out() * output_scale);
-    shard.edge_rows(lse, g, edge).copy_(merged[g][e].lse());
+    const auto [merged_out, merged_lse] =
+        with_unseen_rows_as_nan(merged[g][e].out(), merged[g][e].lse());
+    shard.edge_rows(out, g, edge).copy_(merged_out * output_scale);
+    shard.edge_rows(lse, g, edge).copy_(merged_lse);
   });
   return {out, lse};
 }

@@ -37,7 +37,7 @@ void cpu_supports_everything(const KernelRequest&) {}
 const DeviceKernelsRegistration cpu_registration(c10::DeviceType::CPU,
                                                  {&cpu_forward, &cpu_backward, &lse_merge_aten_,
                                                   &cpu_supports_everything,
-                                                  /*cuts_causal_blocks_at_non_finite=*/true});
+                                                  /*checks_non_finite_on_host=*/true});
 
 }  // namespace
 }  // namespace dilated_attention

@@ -60,7 +60,8 @@ at::Tensor aligned(const at::Tensor& x) {
   for (int64_t d = 0; fits && d + 1 < x.dim(); ++d) {
     fits = x.size(d) == 1 || (x.stride(d) * bytes) % 16 == 0;
   }
-  return fits ? x : x.contiguous();
+  // clone, not contiguous(): a contiguous view with a misaligned base would come back as is.
+  return fits ? x : x.clone(at::MemoryFormat::Contiguous);
 }
 
 // Both kernels put the view batch on a grid dimension of at most 65535 blocks (B * N / s
@@ -94,11 +95,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_one_launch(
   const int64_t padding =
       (kEfficientLseAlignment - rows % kEfficientLseAlignment) % kEfficientLseAlignment;
   const auto padded_lse = at::constant_pad_nd(lse, {0, padding}, 0.0).contiguous();
-  // The efficient backward derives its row term from `out` assuming a dense row stride; the
-  // sharded engine passes strided row views, so `out` is made dense here.
+  // The efficient backward derives its row term from `out` assuming rows dense in its own
+  // [B', L, h, D] order (row stride h * D); the sharded engine passes strided row views, so
+  // `out` is laid out that way here (a view of [B', h, L, D] again).
   auto grads = at::_scaled_dot_product_efficient_attention_backward(
-      grad_out, q, k, v, at::Tensor(), out.contiguous(), padded_lse, no_philox_state(),
-      no_philox_state(), 0.0, {true, true, true, false}, options.is_causal, options.scale);
+      grad_out, q, k, v, at::Tensor(), out.transpose(1, 2).contiguous().transpose(1, 2), padded_lse,
+      no_philox_state(), no_philox_state(), 0.0, {true, true, true, false}, options.is_causal,
+      options.scale);
   return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads)};
 }
 

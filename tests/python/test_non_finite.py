@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from helpers import assert_close, op_params, recommended_ops, run_op_and_reference
+from reference import dilated_attention_reference
 
 ops = torch.ops.dilated_attention
 
@@ -100,3 +101,18 @@ def test_the_distributed_ops_match_the_reference(op_name, which):
 
     got, expected = run_op_and_reference(call, q, k, v, [8], [1], True)
     _assert_matches_reference(got, expected, torch.float64)
+
+
+def test_a_long_piece_whose_rows_score_only_minus_inf_is_not_merged_as_a_block():
+    """ATen returns 0 with log-sum-exp 0 for a row whose scores are all -inf, even in long
+    blocks; a piece must contribute nothing instead, or the merge reweights the row."""
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 128, 1, 8, generator=gen).abs()  # positive: q.k = -inf for -inf keys
+    k, v = (torch.randn(1, 128, 1, 8, generator=gen) for _ in range(2))
+    k[0, :70] = float("-inf")
+    v[0, 100, 0, 3] = float("nan")  # a non-finite value: the block is computed in pieces
+    out = ops.dilated_attention(q, k, v, [128], [1], 0.0, True)
+    ref = dilated_attention_reference(q.double(), k.double(), v.double(), [128], [1], True)
+    assert torch.equal(out.isnan(), ref.isnan())
+    finite = ref.isfinite()
+    assert_close(out[finite], ref[finite], torch.float32, "rows after the -inf keys")
