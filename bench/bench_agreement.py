@@ -6,7 +6,7 @@ ranks (ops/config_agreement.h): two small messages through rank 0. This measures
               per rank, B=1, H=8, D=64, segments [512, 1024, 2048], rates [1, 2, 4]: every
               segment inside a shard, so the call's only messages are the agreement's)
   tiny call:  the same op on a [1, 1, 1, 1] shard (fixed cost of a call, the check included)
-  two small messages: rank 1 sends its 16-value int64 fingerprint to rank 0 and receives the
+  two small messages: rank 1 sends its 17-value int64 fingerprint to rank 0 and receives the
               2 x 15 table back (torch.distributed send / recv), what the check moves
 and writes bench/results/agreement.json.
     .venv/bin/python bench/bench_agreement.py [--repeats 50] [--lib build/libdilated_attention_ops.so]

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,12 @@ class Communicator {
   // order. Blocking, bounded by the timeout. Checks its arguments; an empty input moves nothing
   // (the output is empty too), which backends would refuse.
   void all_gather(at::Tensor& output, const at::Tensor& input);
+
+  // Where this group runs the ranks' small collective exchanges (the ops' agreement): CUDA for a
+  // group that runs CUDA tensors on NCCL (which takes CUDA tensors only), none otherwise
+  // (point-to-point on the CPU). A property of the group, so every rank chooses the
+  // same transport whatever device its own tensors are on.
+  virtual std::optional<c10::Device> collective_device() const { return std::nullopt; }
 
   // Bytes this rank sent (point-to-point payloads, and its input once per peer for all_gather)
   // since the last reset.

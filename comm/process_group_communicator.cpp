@@ -1,6 +1,7 @@
 // The c10d backend: point-to-point send/recv and allgather on a registered ProcessGroup (gloo on
 // CPU, NCCL on GPU). Links against libtorch_cpu only; nothing here needs Python.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -89,13 +90,17 @@ bool all_cuda(const std::vector<Transfer>& sends, const std::vector<Transfer>& r
          std::all_of(receives.begin(), receives.end(), is_cuda);
 }
 
-// Whether the group has a backend for CUDA tensors (NCCL): the device types that setBackend()
-// registered, through getDeviceTypes(), which torch 2.11, 2.13 and 2.14 all have.
-// hasBackendForDeviceType() reads the same registration but is missing from torch 2.11.
-bool has_cuda_backend(const c10d::ProcessGroup& group) {
+// Whether the group runs CUDA tensors on NCCL: the device types that setBackend() registered,
+// through getDeviceTypes(), which torch 2.11, 2.13 and 2.14 all have (hasBackendForDeviceType()
+// reads the same registration but is missing from torch 2.11), and that backend's name. A gloo
+// group registers itself for CUDA too (gloo takes CUDA tensors), so the device type alone does
+// not tell.
+bool runs_cuda_on_nccl(c10d::ProcessGroup& group) {
   const std::vector<c10::Device> devices = group.getDeviceTypes();
-  return std::any_of(devices.begin(), devices.end(),
-                     [](const c10::Device& d) { return d.type() == c10::DeviceType::CUDA; });
+  const bool has_cuda = std::any_of(devices.begin(), devices.end(), [](const c10::Device& d) {
+    return d.type() == c10::DeviceType::CUDA;
+  });
+  return has_cuda && group.getBackend(c10::DeviceType::CUDA)->getBackendName() == "nccl";
 }
 
 std::string peers_of(const std::vector<Transfer>& transfers) {
@@ -116,12 +121,19 @@ class ProcessGroupCommunicator final : public Communicator {
   int rank() const override { return group_->getRank(); }
   int size() const override { return group_->getSize(); }
 
+  std::optional<c10::Device> collective_device() const override {
+    if (!runs_cuda_on_nccl(*group_)) return std::nullopt;
+    // The current CUDA device, through the device guard torch_cuda registers (this file links
+    // libtorch_cpu only).
+    return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice();
+  }
+
   std::unique_ptr<PendingExchange> post_exchange(const std::vector<Transfer>& sends,
                                                  const std::vector<Transfer>& receives) override {
     internal::check_transfers(sends, receives, rank(), size());
     // NCCL runs the sends and receives of one step as a single group call (no deadlock when
     // every rank sends first); gloo has no coalescing and posts them independently anyway.
-    const bool on_nccl = all_cuda(sends, receives) && has_cuda_backend(*group_);
+    const bool on_nccl = all_cuda(sends, receives) && runs_cuda_on_nccl(*group_);
     const bool coalesce =
         on_nccl && group_->getBackend(c10::DeviceType::CUDA)->supportsCoalescing();
     if (coalesce) group_->startCoalescing(c10::DeviceType::CUDA);
@@ -186,7 +198,7 @@ class ProcessGroupCommunicator final : public Communicator {
                                      internal::current_error_text(std::current_exception()));
     }
     count_sent(static_cast<int64_t>(input.nbytes()) * (size() - 1));
-    const bool on_nccl = input.is_cuda() && has_cuda_backend(*group_);
+    const bool on_nccl = input.is_cuda() && runs_cuda_on_nccl(*group_);
     wait_all({{work, what, on_nccl}}, rank(), name_, timeout());
   }
 

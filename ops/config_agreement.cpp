@@ -41,7 +41,7 @@ std::vector<int64_t> count_and_hash(const std::vector<int64_t>& values) {
 }
 
 // Every field has a fixed number of values, so every rank's fingerprint has the same size.
-constexpr int64_t kFingerprintLength = 16;
+constexpr int64_t kFingerprintLength = 17;
 
 std::vector<Field> describe_call(const at::Tensor& query, const AttentionArgs& args,
                                  DistributedBackend backend, Pass pass) {
@@ -52,6 +52,7 @@ std::vector<Field> describe_call(const at::Tensor& query, const AttentionArgs& a
           {"the pass (forward or backward)", {pass == Pass::kForward ? 0 : 1}},
           {"query shape", query.sizes().vec()},
           {"dtype", {static_cast<int64_t>(query.scalar_type())}},
+          {"device type", {static_cast<int64_t>(query.device().type())}},
           {"segment_lengths", count_and_hash(args.segment_lengths)},
           {"dilation_rates", count_and_hash(args.dilation_rates)},
           {"dropout_p", {bits_of(args.dropout_p)}},
@@ -112,10 +113,11 @@ at::Tensor gather_through_rank_zero(comm::Communicator& comm, const at::Tensor& 
   return table;
 }
 
-// On CUDA (NCCL) the fingerprints go through one all_gather instead: a collective has every
-// rank of the group join NCCL's communicator on the group's first call, which a coalesced
-// send/recv step needs (NCCL creates it lazily, and a rank with nothing to exchange would never
-// join, leaving the others waiting). NCCL waits are bounded by the process group's own timeout.
+// On a group that runs CUDA on NCCL the fingerprints go through one all_gather instead: a
+// collective has every rank of the group join NCCL's communicator on the group's first call, which
+// a coalesced send/recv step needs (NCCL creates it lazily, and a rank with nothing to exchange
+// would never join, leaving the others waiting). NCCL waits are bounded by the process group's own
+// timeout.
 at::Tensor gather_with_collective(comm::Communicator& comm, const at::Tensor& mine) {
   auto table = at::empty({comm.size() * mine.numel()}, mine.options());
   comm.all_gather(table, mine);
@@ -132,10 +134,12 @@ void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const 
   }
   const auto fields = refusal ? std::vector<Field>{} : describe_call(query, args, backend, pass);
   const auto flat = refusal ? refusal_fingerprint() : fingerprint(fields);
-  const auto mine = at::tensor(flat, at::kLong).to(query.device());
+  // The transport is the group's (Communicator::collective_device), not the tensors': ranks
+  // whose tensors sit on different devices still meet, and disagree on the device type.
+  const auto device = comm.collective_device();
+  const auto mine = at::tensor(flat, at::kLong).to(device.value_or(c10::Device(c10::kCPU)));
   const auto table =
-      (mine.is_cuda() ? gather_with_collective(comm, mine) : gather_through_rank_zero(comm, mine))
-          .cpu();
+      (device ? gather_with_collective(comm, mine) : gather_through_rank_zero(comm, mine)).cpu();
   const int64_t* data = table.data_ptr<int64_t>();
   if (refusal) std::rethrow_exception(refusal);
   for (int r = 0; r < comm.size(); ++r) {
