@@ -101,7 +101,8 @@ std::tuple<at::Tensor, at::Tensor> attend(const at::Tensor& q, const at::Tensor&
   const bool short_block = zero_scale || k.size(2) < kShortKeyBlock;
   const bool judge = (short_block || coverage == KeyCoverage::kPieceOfRow) &&
                      options.may_hold_non_finite && may_hold_non_finite({&k});
-  if (!short_block && !judge) {
+  // A caller that checked its whole inputs finite (may_hold_non_finite false) has nothing to mark.
+  if ((!short_block && !judge) || !options.may_hold_non_finite) {
     return {std::move(out), std::move(lse)};
   }
   auto nan_rows = non_finite_query_rows(q);
@@ -215,8 +216,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attend_causal_backward_in_pieces(
 
 }  // namespace
 
-bool takes_non_finite_handling(bool is_causal, int64_t keys) {
-  return is_causal || keys < kShortKeyBlock;
+bool takes_non_finite_handling(const at::Tensor& q, const BlockOptions& options, int64_t keys) {
+  return options.is_causal || keys < kShortKeyBlock || is_zero_scale(q, options);
 }
 
 std::tuple<at::Tensor, at::Tensor> with_unseen_rows_as_nan(at::Tensor out, at::Tensor lse) {

@@ -19,9 +19,10 @@ namespace dilated_attention {
 enum class KeyCoverage { kWholeRow, kPieceOfRow };
 
 // Whether a block of `keys` keys takes the exact NaN/inf handling of the kernels (causal blocks,
-// short blocks), which starts with a check of the block's inputs: callers that split tensors
-// into many such blocks check the whole tensors once instead (BlockOptions::may_hold_non_finite).
-bool takes_non_finite_handling(bool is_causal, int64_t keys);
+// short blocks, scale 0), which starts with a check of the block's inputs: callers that split
+// tensors into many such blocks check the whole tensors once instead, where the device checks on
+// the host (BlockOptions::may_hold_non_finite).
+bool takes_non_finite_handling(const at::Tensor& q, const BlockOptions& options, int64_t keys);
 
 // Returns (output [B', h, Lq, D] in the input dtype, log-sum-exp [B', h, Lq] in the
 // accumulation dtype).

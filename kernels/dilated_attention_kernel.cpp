@@ -5,9 +5,11 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <initializer_list>
 
 #include "kernels/block_attention.h"
 #include "kernels/causal_pieces.h"
+#include "kernels/device_kernels.h"
 #include "kernels/group_views.h"
 #include "kernels/index/dropout_mask.h"
 
@@ -28,11 +30,18 @@ BlockOptions group_block_options(const AttentionConfig& config, const HeadGroup&
   return options;
 }
 
-// One check of the whole tensors instead of one per group's block.
-bool needs_non_finite_check(const AttentionConfig& config, const at::Tensor& q) {
-  return std::any_of(config.groups.begin(), config.groups.end(), [&](const HeadGroup& group) {
-    return takes_non_finite_handling(config.is_causal, group_view(q, group).size(2));
-  });
+// One check of the whole tensors instead of one per group's block, where the device checks on
+// the host; elsewhere the blocks are told nothing (true: may hold them).
+bool inputs_may_hold_non_finite(const AttentionConfig& config, const at::Tensor& q,
+                                std::initializer_list<const at::Tensor*> inputs) {
+  if (!kernels_for(q.device().type()).checks_non_finite_on_host) return true;
+  const DropoutMask no_mask(0, 0.0);
+  const bool any_block_needs =
+      std::any_of(config.groups.begin(), config.groups.end(), [&](const HeadGroup& group) {
+        return takes_non_finite_handling(q, group_block_options(config, group, q.size(1), no_mask),
+                                         group_view(q, group).size(2));
+      });
+  return any_block_needs && may_hold_non_finite(inputs);
 }
 
 }  // namespace
@@ -55,11 +64,10 @@ std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Te
   if (q.numel() == 0) return {out, lse};
 
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
-  const bool inputs_may_hold_non_finite =
-      needs_non_finite_check(config, q) && may_hold_non_finite({&q, &k, &v});
+  const bool may_hold = inputs_may_hold_non_finite(config, q, {&q, &k, &v});
   for (const auto& group : config.groups) {
     auto options = group_block_options(config, group, q.size(1), mask);
-    options.may_hold_non_finite = inputs_may_hold_non_finite;
+    options.may_hold_non_finite = may_hold;
     auto [group_out, group_lse] = block_attention_forward(
         group_view(q, group), group_view(k, group), group_view(v, group), options);
     group_view(out, group).copy_(group_out.mul_(config.output_scale));
@@ -87,11 +95,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
   // 1 / output_scale, removed when it is written back. grad_out stays a zero-copy view.
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
   const auto contiguous_lse = lse.contiguous();
-  const bool inputs_may_hold_non_finite =
-      needs_non_finite_check(config, q) && may_hold_non_finite({&grad_out, &q, &k, &v, &out});
+  const bool may_hold = inputs_may_hold_non_finite(config, q, {&grad_out, &q, &k, &v, &out});
   for (const auto& group : config.groups) {
     auto options = group_block_options(config, group, q.size(1), mask);
-    options.may_hold_non_finite = inputs_may_hold_non_finite;
+    options.may_hold_non_finite = may_hold;
     auto [gq, gk, gv] = block_attention_backward(group_view(grad_out, group), group_view(q, group),
                                                  group_view(k, group), group_view(v, group),
                                                  group_view(out, group).div(config.output_scale),

@@ -116,3 +116,17 @@ def test_a_long_piece_whose_rows_score_only_minus_inf_is_not_merged_as_a_block()
     assert torch.equal(out.isnan(), ref.isnan())
     finite = ref.isfinite()
     assert_close(out[finite], ref[finite], torch.float32, "rows after the -inf keys")
+
+
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+def test_scale_zero_keeps_a_nan_query_row_in_long_blocks(is_causal):
+    """Scale 0 runs on zero queries, which lose the NaN at any block length: the row is marked
+    even where the op checks its inputs once for all blocks."""
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 128, 2, 8, generator=gen) for _ in range(3))
+    q[0, 40, 1, 2] = float("nan")
+    got, expected = run_op_and_reference(ops.dilated_attention, q, k, v, [128], [1], is_causal,
+                                         0.0)
+    assert torch.equal(got[0].isnan(), expected[0].isnan())
+    finite = expected[0].isfinite()
+    assert_close(got[0][finite], expected[0][finite], torch.float32, "out")
