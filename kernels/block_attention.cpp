@@ -72,6 +72,15 @@ struct ScoreVerdict {
 // Rows are judged in chunks, so the scores held at once stay near kJudgedScores values.
 constexpr int64_t kJudgedScores = int64_t{1} << 22;
 
+// Scores of query rows [B', h, n, D] against keys^T [B', h_kv, D, Lk], where h / h_kv query
+// heads share each key head: the sharing heads become a broadcast dimension, no copy of keys.
+at::Tensor shared_key_scores(const at::Tensor& q, const at::Tensor& keys_t) {
+  const int64_t heads = q.size(1), key_heads = keys_t.size(1);
+  if (heads == key_heads) return at::matmul(q, keys_t);
+  const auto grouped = q.unflatten(1, {key_heads, heads / key_heads});
+  return at::matmul(grouped, keys_t.unsqueeze(2)).flatten(1, 2);
+}
+
 ScoreVerdict judge_scores(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options) {
   const auto accumulate = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto keys = k.to(accumulate).transpose(-1, -2);
@@ -80,7 +89,7 @@ ScoreVerdict judge_scores(const at::Tensor& q, const at::Tensor& k, const BlockO
   std::vector<at::Tensor> nan_rows, empty_rows;
   for (int64_t first = 0; first < rows; first += chunk) {
     const int64_t n = std::min(chunk, rows - first);
-    auto scores = at::matmul(q.narrow(2, first, n).to(accumulate), keys).mul_(options.scale);
+    auto scores = shared_key_scores(q.narrow(2, first, n).to(accumulate), keys).mul_(options.scale);
     if (options.is_causal) {  // square block: row first + i sees keys 0 .. first + i
       const auto hidden = at::ones({n, k.size(2)}, q.options().dtype(at::kBool)).triu_(first + 1);
       scores.masked_fill_(hidden, -std::numeric_limits<double>::infinity());

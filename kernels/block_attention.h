@@ -1,4 +1,5 @@
-// One batched attention call over [B', h, Lq, D] query and [B', h, Lk, D] key/value views, run
+// One batched attention call over [B', h, Lq, D] query and [B', h_kv, Lk, D] key/value views
+// (h_kv divides h: query head i reads key/value head i / (h / h_kv)), run
 // by the kernels of the tensors' device (kernels/device_kernels.h), returning what every caller
 // needs: the output and the per-row log-sum-exp (for backward, and for merging the blocks of a
 // ring).

@@ -22,13 +22,16 @@ struct KernelRequest {
 };
 
 struct DeviceKernels {
-  // One batched attention call over [B', h, Lq, D] query and [B', h, Lk, D] key/value views:
-  // (output in the input dtype, log-sum-exp [B', h, Lq] in the accumulation dtype).
+  // One batched attention call over [B', h, Lq, D] query and [B', h_kv, Lk, D] key/value views,
+  // h_kv dividing h (query head i reads key/value head i / (h / h_kv), read in place, never
+  // copied per query head): (output in the input dtype, log-sum-exp [B', h, Lq] in the
+  // accumulation dtype).
   using Forward = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& q, const at::Tensor& k,
                                                          const at::Tensor& v,
                                                          const BlockOptions& options);
-  // Gradients of <grad_out, out> with respect to q, k, v; `out` and `lse` cover ALL key blocks
-  // of these queries, so the recomputed weights are the globally normalised ones.
+  // Gradients of <grad_out, out> with respect to q, k, v (dK and dV [B', h_kv, Lk, D], summed
+  // over the sharing query heads); `out` and `lse` cover ALL key blocks of these queries, so the
+  // recomputed weights are the globally normalised ones.
   using Backward = std::tuple<at::Tensor, at::Tensor, at::Tensor> (*)(
       const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options);

@@ -68,8 +68,9 @@ std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Te
   for (const auto& group : config.groups) {
     auto options = group_block_options(config, group, q.size(1), mask);
     options.may_hold_non_finite = may_hold;
+    const auto kv_group = key_value_group(group, config.heads_per_key_value);
     auto [group_out, group_lse] = block_attention_forward(
-        group_view(q, group), group_view(k, group), group_view(v, group), options);
+        group_view(q, group), group_view(k, kv_group), group_view(v, kv_group), options);
     group_view(out, group).copy_(group_out.mul_(config.output_scale));
     group_rows_view(lse, group).copy_(group_lse);
   }
@@ -86,8 +87,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
   const auto v = with_group_viewable_layout(v_in);
   const auto out = with_group_viewable_layout(out_in);
   auto grad_q = new_attention_result(q, config.groups);
-  auto grad_k = new_attention_result(q, config.groups);
-  auto grad_v = new_attention_result(q, config.groups);
+  // A shared key/value head collects the gradients of every group that reads it.
+  const bool shares_key_values = config.heads_per_key_value > 1;
+  auto new_key_value_grad = [&](const at::Tensor& x) {
+    return shares_key_values ? at::zeros(x.sizes(), x.options())
+                             : new_attention_result(x, config.groups);
+  };
+  auto grad_k = new_key_value_grad(k);
+  auto grad_v = new_key_value_grad(v);
   if (q.numel() == 0) return {grad_q, grad_k, grad_v};
 
   // Each group's attention is differentiated as if its loss were <grad_out, O_g> with the
@@ -99,13 +106,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
   for (const auto& group : config.groups) {
     auto options = group_block_options(config, group, q.size(1), mask);
     options.may_hold_non_finite = may_hold;
+    const auto kv_group = key_value_group(group, config.heads_per_key_value);
     auto [gq, gk, gv] = block_attention_backward(group_view(grad_out, group), group_view(q, group),
-                                                 group_view(k, group), group_view(v, group),
+                                                 group_view(k, kv_group), group_view(v, kv_group),
                                                  group_view(out, group).div(config.output_scale),
                                                  group_rows_view(contiguous_lse, group), options);
     group_view(grad_q, group).copy_(gq.mul_(config.output_scale));
-    group_view(grad_k, group).copy_(gk.mul_(config.output_scale));
-    group_view(grad_v, group).copy_(gv.mul_(config.output_scale));
+    if (shares_key_values) {
+      group_view(grad_k, kv_group).add_(gk.mul_(config.output_scale));
+      group_view(grad_v, kv_group).add_(gv.mul_(config.output_scale));
+    } else {
+      group_view(grad_k, kv_group).copy_(gk.mul_(config.output_scale));
+      group_view(grad_v, kv_group).copy_(gv.mul_(config.output_scale));
+    }
   }
   return {grad_q, grad_k, grad_v};
 }

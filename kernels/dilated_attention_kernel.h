@@ -14,23 +14,29 @@
 namespace dilated_attention {
 
 struct AttentionConfig {
-  std::vector<HeadGroup> groups;  // head ranges index the tensors passed in
-  double scale = 1.0;             // already resolved (1/sqrt(D) unless given)
-  double output_scale = 1.0;      // 1/G, with G the number of groups of the whole op
+  // Head ranges index the query heads of the tensors passed in. With shared key/value heads the
+  // groups are split (split_at_shared_key_values), and each reads the key/value heads
+  // key_value_group(group, heads_per_key_value).
+  std::vector<HeadGroup> groups;
+  int64_t heads_per_key_value = 1;  // H / H_kv
+  double scale = 1.0;               // already resolved (1/sqrt(D) unless given)
+  double output_scale = 1.0;        // 1/G, with G the number of groups of the whole op
   bool is_causal = false;
   double dropout_p = 0.0;
   uint64_t dropout_seed = 0;
   int64_t global_head_offset = 0;  // head 0 of the tensors is this head of the op (dropout mask)
 };
 
-// q, k, v: [B, N, H, D]. Returns (output [B, N, H, D], log-sum-exp [B, N, H] in the
-// accumulation dtype; entries of positions a head does not attend are 0 and never read).
+// q: [B, N, H, D]; k, v: [B, N, H / heads_per_key_value, D]. Returns (output [B, N, H, D],
+// log-sum-exp [B, N, H] in the accumulation dtype; entries of positions a head does not attend are
+// 0 and never read).
 std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Tensor& q,
                                                                     const at::Tensor& k,
                                                                     const at::Tensor& v,
                                                                     const AttentionConfig& config);
 
-// Gradients with respect to q, k, v given the forward's output and log-sum-exp.
+// Gradients with respect to q, k, v given the forward's output and log-sum-exp (dK and dV sum
+// over the query heads that share a key/value head).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const AttentionConfig& config);

@@ -9,10 +9,15 @@
 
 namespace dilated_attention {
 
-AttentionConfig make_attention_config(int64_t num_heads, int64_t head_dim,
-                                      const AttentionArgs& args, uint64_t dropout_seed) {
+AttentionConfig make_attention_config(int64_t num_heads, int64_t num_key_value_heads,
+                                      int64_t head_dim, const AttentionArgs& args,
+                                      uint64_t dropout_seed) {
   AttentionConfig config;
-  config.groups = make_head_groups(num_heads, args.segment_lengths, args.dilation_rates);
+  // 0 heads (empty tensors) share nothing.
+  config.heads_per_key_value = num_key_value_heads > 0 ? num_heads / num_key_value_heads : 1;
+  config.groups = split_at_shared_key_values(
+      make_head_groups(num_heads, args.segment_lengths, args.dilation_rates),
+      config.heads_per_key_value);
   config.scale = args.scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim)));
   config.output_scale = 1.0 / static_cast<double>(args.segment_lengths.size());
   config.is_causal = args.is_causal;

@@ -13,9 +13,11 @@ namespace dilated_attention {
 
 constexpr int64_t kRngStateSize = 2;  // (seed, offset)
 
-// Groups for `num_heads` heads, resolved scale (1/sqrt(head_dim) unless given), 1/G output scale.
-AttentionConfig make_attention_config(int64_t num_heads, int64_t head_dim,
-                                      const AttentionArgs& args, uint64_t dropout_seed);
+// Groups for `num_heads` query heads reading `num_key_value_heads` key/value heads (validated:
+// a divisor of num_heads), resolved scale (1/sqrt(head_dim) unless given), 1/G output scale.
+AttentionConfig make_attention_config(int64_t num_heads, int64_t num_key_value_heads,
+                                      int64_t head_dim, const AttentionArgs& args,
+                                      uint64_t dropout_seed);
 
 // A seed from torch's default CPU generator when dropout is on (so torch.manual_seed makes
 // dropout repeatable), 0 otherwise.

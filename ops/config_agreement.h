@@ -20,8 +20,10 @@ namespace dilated_attention {
 
 enum class Pass { kForward, kBackward };
 
-// `refusal`: the error this rank's own checks raised, or null.
-void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const AttentionArgs& args,
-                       DistributedBackend backend, Pass pass, std::exception_ptr refusal = nullptr);
+// `refusal`: the error this rank's own checks raised, or null (then the fingerprint is not read
+// from query and key).
+void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const at::Tensor& key,
+                       const AttentionArgs& args, DistributedBackend backend, Pass pass,
+                       std::exception_ptr refusal = nullptr);
 
 }  // namespace dilated_attention

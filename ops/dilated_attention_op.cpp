@@ -19,14 +19,13 @@
 namespace dilated_attention {
 namespace {
 
-AttentionConfig config_for(const at::Tensor& query, const AttentionArgs& args, uint64_t seed) {
-  return make_attention_config(query.size(2), query.size(3), args, seed);
+AttentionConfig config_for(const at::Tensor& query, const at::Tensor& key,
+                           const AttentionArgs& args, uint64_t seed) {
+  return make_attention_config(query.size(2), key.size(2), query.size(3), args, seed);
 }
 
 // Meta kernels: shapes only, from symbolic sizes so torch.compile can keep N dynamic.
-at::Tensor new_like_query(const at::Tensor& query) {
-  return at::empty_symint(query.sym_sizes(), query.options());
-}
+at::Tensor new_like(const at::Tensor& x) { return at::empty_symint(x.sym_sizes(), x.options()); }
 
 // The log-sum-exp has one value per position and head: [B, N, H].
 std::vector<c10::SymInt> lse_sizes_of(const at::Tensor& query) {
@@ -49,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_forward_meta(
   auto lse = at::empty_symint(lse_sizes_of(query),
                               query.options().dtype(at::toOpMathType(query.scalar_type())));
   auto rng_state = at::empty({kRngStateSize}, query.options().dtype(at::kLong));
-  return {new_like_query(query), lse, rng_state};
+  return {new_like(query), lse, rng_state};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_meta(
@@ -58,14 +57,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_meta(
     const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   check_backward_call(grad_output, query, key, value, output, softmax_lse, rng_state, args);
-  return {new_like_query(query), new_like_query(query), new_like_query(query)};
+  return {new_like(query), new_like(key), new_like(value)};
 }
 
 at::Tensor dilated_attention_meta(const at::Tensor& query, const at::Tensor& key,
                                   const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   check_dilated_attention_call(query, key, value, args);
-  return new_like_query(query);
+  return new_like(query);
 }
 
 }  // namespace
@@ -81,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_forward_op(
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   const uint64_t seed = draw_dropout_seed(args);
   auto [out, lse] =
-      dilated_attention_forward_kernel(query, key, value, config_for(query, args, seed));
+      dilated_attention_forward_kernel(query, key, value, config_for(query, key, args, seed));
   return {out, lse, pack_rng_state(seed, args, query.options())};
 }
 
@@ -96,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_op(
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   return dilated_attention_backward_kernel(
       grad_output, query, key, value, output, softmax_lse,
-      config_for(query, args, unpack_dropout_seed(rng_state, args)));
+      config_for(query, key, args, unpack_dropout_seed(rng_state, args)));
 }
 
 at::Tensor dilated_attention_op(const at::Tensor& query, const at::Tensor& key,

@@ -40,7 +40,7 @@ void check_call(const DistributedCall& call, const at::Tensor& query, const at::
   check_attention_args(args);
   check_attention_inputs(query, key, value);
   check_scale_representable(query, args);
-  check_distributed_layout(query, args, call.comm->size(), call.backend);
+  check_distributed_layout(query, key, args, call.comm->size(), call.backend);
 }
 
 // For the Meta kernels, which never communicate.
@@ -113,8 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_me
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   const auto call = resolve(group_name, backend);
   check_backward_call(call, grad_output, query, key, value, output, softmax_lse, rng_state, args);
-  auto like = [&] { return at::empty_symint(query.sym_sizes(), query.options()); };
-  return {like(), like(), like()};
+  auto like = [](const at::Tensor& x) { return at::empty_symint(x.sym_sizes(), x.options()); };
+  return {like(query), like(key), like(value)};
 }
 
 at::Tensor distributed_attention_meta(const at::Tensor& query, const at::Tensor& key,
@@ -142,9 +142,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
   // Kernels launch on the inputs' device and its current stream.
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
-  check_ranks_agree(comm, query, args, call.backend, Pass::kForward, refusal);
+  check_ranks_agree(comm, query, key, args, call.backend, Pass::kForward, refusal);
   const uint64_t seed = draw_dropout_seed(args);
-  const auto attention = make_attention_config(query.size(2), query.size(3), args, seed);
+  const auto attention =
+      make_attention_config(query.size(2), key.size(2), query.size(3), args, seed);
   comm.reset_bytes_sent();
   auto [out, lse] =
       is_sharded(call.backend)
@@ -170,8 +171,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
   const ExclusiveGroupUse group_in_use{std::string(group_name)};
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
-  check_ranks_agree(comm, query, args, call.backend, Pass::kBackward, refusal);
-  const auto attention = make_attention_config(query.size(2), query.size(3), args,
+  check_ranks_agree(comm, query, key, args, call.backend, Pass::kBackward, refusal);
+  const auto attention = make_attention_config(query.size(2), key.size(2), query.size(3), args,
                                                unpack_dropout_seed(rng_state, args));
   comm.reset_bytes_sent();
   auto grads = is_sharded(call.backend)
@@ -211,7 +212,7 @@ void check_before_distributed_call(const at::Tensor& input, const AttentionArgs&
   }
   if (call) {
     const ExclusiveGroupUse group_in_use{target.group_name};
-    check_ranks_agree(*call->comm, input, args, call->backend, Pass::kForward, refusal);
+    check_ranks_agree(*call->comm, input, input, args, call->backend, Pass::kForward, refusal);
   }
   std::rethrow_exception(refusal);
 }

@@ -23,17 +23,19 @@ enum class ExchangeKind { kSegmentRing, kFullRing, kAllGather };
 struct RemoteBlocks {
   int owner = 0;
   std::vector<BlockRef> blocks;
-  std::vector<at::Tensor> keys, values;  // [B, h_g, rows, D] each
+  std::vector<at::Tensor> keys, values;  // [B, h_kv_g, rows, D] each
 };
 
 // Gradients this rank computed for another rank's key/value rows.
 struct RemoteGrads {
   std::vector<BlockRef> blocks;
-  std::vector<at::Tensor> grad_keys, grad_values;  // [B, h_g, rows, D] each
+  std::vector<at::Tensor> grad_keys, grad_values;  // [B, h_kv_g, rows, D] each
 };
 
 struct ExchangeContext {
   comm::Communicator& comm;
+  // The groups over the key/value tensors' heads (key_value_groups of the op's groups): only the
+  // H_kv shared heads travel, never a copy per query head.
   const std::vector<HeadGroup>& groups;
   ShardLayout layout;
   bool is_causal = false;

@@ -18,6 +18,7 @@ struct ShardContext {
   int rank;
   int64_t begin;  // first sequence position of this shard
   std::vector<GroupShardWork> plan;
+  std::vector<HeadGroup> kv_groups;  // the key/value heads of plan[g].group, for k, v, dK, dV
   DropoutMask mask;
 
   ShardContext(const ShardedAttentionConfig& c, int r)
@@ -25,6 +26,7 @@ struct ShardContext {
         rank(r),
         begin(c.layout.shard_begin(r)),
         plan(plan_shard_work(c.attention.groups, c.layout, r)),
+        kv_groups(key_value_groups(c.attention.groups, c.attention.heads_per_key_value)),
         mask(c.attention.dropout_seed, c.attention.dropout_p) {}
 
   BlockOptions options(const HeadGroup& group, bool is_causal) const {
@@ -64,6 +66,11 @@ struct ShardContext {
     return segment_rows_view(x, plan[g].group, edge.segment, edge.rows_of_rank[rank], begin);
   }
 
+  // The same rows of a key/value tensor (its heads are kv_groups[g]'s).
+  at::Tensor edge_key_rows(const at::Tensor& x, size_t g, const EdgeSegment& edge) const {
+    return segment_rows_view(x, kv_groups[g], edge.segment, edge.rows_of_rank[rank], begin);
+  }
+
   size_t edge_index(size_t g, int64_t segment) const {
     const auto& edges = plan[g].edge_segments;
     for (size_t e = 0; e < edges.size(); ++e) {
@@ -73,7 +80,7 @@ struct ShardContext {
   }
 
   ExchangeContext exchange(comm::Communicator& comm) const {
-    return {comm, config.attention.groups, config.layout, config.attention.is_causal};
+    return {comm, kv_groups, config.layout, config.attention.is_causal};
   }
 };
 
@@ -100,13 +107,16 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
   // Transfers start first, so they fly while the local work below runs.
   auto stream = open_key_value_stream(config.exchange, shard.exchange(comm), k, v);
 
-  for (const auto& work : shard.plan) {
+  for (size_t g = 0; g < shard.plan.size(); ++g) {
+    const auto& work = shard.plan[g];
     if (work.num_inner_segments == 0) continue;
-    auto run = [&](const at::Tensor& x) {
-      return segment_run_views(x, work.group, work.first_inner_segment, work.num_inner_segments,
+    auto run = [&](const at::Tensor& x, const HeadGroup& heads) {
+      return segment_run_views(x, heads, work.first_inner_segment, work.num_inner_segments,
                                shard.begin);
     };
-    const auto qs = run(q), ks = run(k), vs = run(v), outs = run(out), lses = run(lse);
+    const auto& kv = shard.kv_groups[g];
+    const auto qs = run(q, work.group), ks = run(k, kv), vs = run(v, kv),
+               outs = run(out, work.group), lses = run(lse, work.group);
     for (size_t i = 0; i < qs.size(); ++i) {
       auto [o, l] = block_attention_forward(qs[i].view, ks[i].view, vs[i].view,
                                             shard.inner_options(work, qs[i].first_batch));
@@ -121,7 +131,8 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
   for_each_edge(shard, [&](size_t g, size_t e) {
     const auto& edge = shard.plan[g].edge_segments[e];
     auto [o, l] = block_attention_forward(
-        shard.edge_rows(q, g, edge), shard.edge_rows(k, g, edge), shard.edge_rows(v, g, edge),
+        shard.edge_rows(q, g, edge), shard.edge_key_rows(k, g, edge),
+        shard.edge_key_rows(v, g, edge),
         shard.edge_options(shard.plan[g].group, edge, shard.rank, edge.rows_of_rank[shard.rank]),
         KeyCoverage::kPieceOfRow);
     merged[g][e].add(o, l);
@@ -164,21 +175,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
   const auto exchange = shard.exchange(comm);
   auto stream = open_key_value_stream(config.exchange, exchange, k, v);
 
-  for (const auto& work : shard.plan) {
+  for (size_t g = 0; g < shard.plan.size(); ++g) {
+    const auto& work = shard.plan[g];
     if (work.num_inner_segments == 0) continue;
-    auto run = [&](const at::Tensor& x) {
-      return segment_run_views(x, work.group, work.first_inner_segment, work.num_inner_segments,
+    auto run = [&](const at::Tensor& x, const HeadGroup& heads) {
+      return segment_run_views(x, heads, work.first_inner_segment, work.num_inner_segments,
                                shard.begin);
     };
-    const auto qs = run(q), ks = run(k), vs = run(v), os = run(out), ls = run(lse),
-               dos = run(grad_out), dqs = run(grad_q), dks = run(grad_k), dvs = run(grad_v);
+    const auto& qh = work.group;
+    const auto& kv = shard.kv_groups[g];
+    const auto qs = run(q, qh), ks = run(k, kv), vs = run(v, kv), os = run(out, qh),
+               ls = run(lse, qh), dos = run(grad_out, qh), dqs = run(grad_q, qh),
+               dks = run(grad_k, kv), dvs = run(grad_v, kv);
     for (size_t i = 0; i < qs.size(); ++i) {
       auto [gq, gk, gv] =
           block_attention_backward(dos[i].view, qs[i].view, ks[i].view, vs[i].view, os[i].view,
                                    ls[i].view, shard.inner_options(work, qs[i].first_batch));
       dqs[i].view.copy_(gq.mul_(output_scale));
-      dks[i].view.copy_(gk.mul_(output_scale));
-      dvs[i].view.copy_(gv.mul_(output_scale));
+      // Added, not copied: a shared key/value head collects the gradients of every group
+      // reading it (grad_k and grad_v start at zero).
+      dks[i].view.add_(gk.mul_(output_scale));
+      dvs[i].view.add_(gv.mul_(output_scale));
     }
   }
 
@@ -199,11 +216,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
   for_each_edge(shard, [&](size_t g, size_t e) {
     const auto& edge = shard.plan[g].edge_segments[e];
     auto [gq, gk, gv] =
-        edge_backward(g, edge, shard.edge_rows(k, g, edge), shard.edge_rows(v, g, edge), shard.rank,
-                      edge.rows_of_rank[shard.rank]);
+        edge_backward(g, edge, shard.edge_key_rows(k, g, edge), shard.edge_key_rows(v, g, edge),
+                      shard.rank, edge.rows_of_rank[shard.rank]);
     add_grad_q(g, e, gq);
-    shard.edge_rows(grad_k, g, edge).add_(gk.mul_(output_scale));
-    shard.edge_rows(grad_v, g, edge).add_(gv.mul_(output_scale));
+    shard.edge_key_rows(grad_k, g, edge).add_(gk.mul_(output_scale));
+    shard.edge_key_rows(grad_v, g, edge).add_(gv.mul_(output_scale));
   });
   std::vector<RemoteGrads> grads_by_owner(static_cast<size_t>(comm.size()));
   RemoteBlocks remote;

@@ -27,9 +27,15 @@ void check_positive(at::IntArrayRef values, const char* name) {
   }
 }
 
-void check_same_as_query(const at::Tensor& query, const at::Tensor& other, const char* name) {
+// Which dimensions of `other` must equal the query's: all four, or all but the heads (key and
+// value, whose heads may be shared by several query heads).
+enum class HeadsOf { kQuery, kKeyValue };
+
+void check_like_query(const at::Tensor& query, const at::Tensor& other, const char* name,
+                      HeadsOf heads = HeadsOf::kQuery) {
   TORCH_CHECK_VALUE(other.dim() == 4, name, " expected 4D tensor, got ", other.dim(), "D");
   for (int64_t d = 0; d < 4; ++d) {
+    if (d == 2 && heads == HeadsOf::kKeyValue) continue;
     TORCH_CHECK_VALUE(query.sym_size(d) == other.sym_size(d), "Shape mismatch at dimension ", d,
                       ": query has size ", query.sym_size(d), ", ", name, " has size ",
                       other.sym_size(d));
@@ -38,6 +44,21 @@ void check_same_as_query(const at::Tensor& query, const at::Tensor& other, const
                     query.device(), ", ", name, " is on ", other.device());
   TORCH_CHECK_VALUE(query.scalar_type() == other.scalar_type(), "Dtype mismatch: query is ",
                     query.scalar_type(), ", ", name, " is ", other.scalar_type());
+}
+
+// Grouped-query attention: key has H_kv heads with H % H_kv == 0 (H_kv = H: one key head per
+// query head, H_kv = 1: multi-query), and value has key's.
+void check_key_value_heads(const at::Tensor& query, const at::Tensor& key,
+                           const at::Tensor& value) {
+  const auto heads = query.sym_size(2), key_heads = key.sym_size(2);
+  TORCH_CHECK_VALUE(heads == key_heads || (key_heads > 0 && heads % key_heads == 0),
+                    "Shape mismatch at dimension 2: query has ", heads, " heads, key has ",
+                    key_heads,
+                    " heads; the number of key/value heads must divide the number of "
+                    "query heads (grouped-query attention)");
+  TORCH_CHECK_VALUE(value.sym_size(2) == key_heads, "Shape mismatch at dimension 2: key has ",
+                    key_heads, " heads, value has ", value.sym_size(2),
+                    " heads; key and value must have the same number of heads");
 }
 
 }  // namespace
@@ -61,8 +82,9 @@ void check_attention_args(const AttentionArgs& args) {
 void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                             const at::Tensor& value) {
   TORCH_CHECK_VALUE(query.dim() == 4, "query expected 4D tensor, got ", query.dim(), "D");
-  check_same_as_query(query, key, "key");
-  check_same_as_query(query, value, "value");
+  check_like_query(query, key, "key", HeadsOf::kKeyValue);
+  check_like_query(query, value, "value", HeadsOf::kKeyValue);
+  check_key_value_heads(query, key, value);
   TORCH_CHECK_VALUE(is_supported_dtype(query.scalar_type()),
                     "query dtype must be one of float32, float64, bfloat16, float16, got ",
                     query.scalar_type());
@@ -126,8 +148,8 @@ void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_he
 void check_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query,
                            const at::Tensor& output, const at::Tensor& softmax_lse,
                            const at::Tensor& rng_state, c10::SymIntArrayRef lse_sizes) {
-  check_same_as_query(query, grad_output, "grad_output");
-  check_same_as_query(query, output, "output");
+  check_like_query(query, grad_output, "grad_output");
+  check_like_query(query, output, "output");
   TORCH_CHECK_VALUE(softmax_lse.sym_sizes() == lse_sizes, "softmax_lse expected shape ", lse_sizes,
                     ", got ", softmax_lse.sym_sizes());
   const auto lse_dtype = at::toOpMathType(query.scalar_type());

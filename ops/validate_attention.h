@@ -12,7 +12,8 @@ namespace dilated_attention {
 // segment_lengths / dilation_rates / dropout_p / scale, independent of the tensors.
 void check_attention_args(const AttentionArgs& args);
 
-// query / key / value: 4-D, equal shapes, one device, one supported dtype.
+// query / key / value: 4-D, one device, one supported dtype; key and value [B, N, H_kv, D] with
+// H_kv dividing query's H (grouped-query attention; H_kv = H is plain multi-head attention).
 void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                             const at::Tensor& value);
 

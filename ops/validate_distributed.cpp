@@ -6,7 +6,8 @@
 
 namespace dilated_attention {
 
-void check_distributed_layout(const at::Tensor& query, const AttentionArgs& args, int world_size,
+void check_distributed_layout(const at::Tensor& query, const at::Tensor& key,
+                              const AttentionArgs& args, int world_size,
                               DistributedBackend backend) {
   const bool sharded = info_of(backend).contract == Contract::kSharded;
   const bool splits_heads = backend == DistributedBackend::kReplicatedHeads;
@@ -20,6 +21,10 @@ void check_distributed_layout(const at::Tensor& query, const AttentionArgs& args
     TORCH_CHECK_VALUE(query.sym_size(2) % world_size == 0, "num_heads (", query.sym_size(2),
                       ") must be divisible by the world size (", world_size,
                       ") for head-parallel attention");
+    TORCH_CHECK_VALUE(key.sym_size(2) % world_size == 0, "the number of key/value heads (",
+                      key.sym_size(2), ") must be divisible by the world size (", world_size,
+                      ") for head-parallel attention, so that each rank's query heads read its "
+                      "own key/value heads");
   }
 }
 

@@ -9,7 +9,10 @@
 
 namespace dilated_attention {
 
-void check_distributed_layout(const at::Tensor& query, const AttentionArgs& args, int world_size,
+// Head-parallel ops split the key/value heads with the query heads: H_kv must divide by the
+// world size too, so that each rank's query heads read only its own key/value heads.
+void check_distributed_layout(const at::Tensor& query, const at::Tensor& key,
+                              const AttentionArgs& args, int world_size,
                               DistributedBackend backend);
 
 }  // namespace dilated_attention

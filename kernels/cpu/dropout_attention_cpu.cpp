@@ -114,11 +114,27 @@ void backward_slice(const at::Tensor& grad_out, const at::Tensor& q, const at::T
   }
 }
 
+// Query heads per key/value head of a view pair.
+int64_t heads_per_key_value(const at::Tensor& q, const at::Tensor& k) {
+  return q.size(1) / k.size(1);
+}
+
 // Runs `body(view_batch, view_head)` over every (batch*segment, head) slice in parallel.
 template <typename Body>
 void for_each_slice(const at::Tensor& q, const Body& body) {
   const int64_t heads = q.size(1);
   at::parallel_for(0, q.size(0) * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) body(task / heads, task % heads);
+  });
+}
+
+// Runs `body(view_batch, key_value_head)` over every (batch*segment, key/value head) slice in
+// parallel: the query heads sharing one key/value head run in one task, which owns the
+// gradients of that head's keys and values.
+template <typename Body>
+void for_each_key_value_slice(const at::Tensor& k, const Body& body) {
+  const int64_t heads = k.size(1);
+  at::parallel_for(0, k.size(0) * heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) body(task / heads, task % heads);
   });
 }
@@ -133,12 +149,14 @@ std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(const at::Tensor& q
   const auto acc = at::toOpMathType(q.scalar_type());
   auto out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(acc));
+  const int64_t share = heads_per_key_value(q, k);
   AT_DISPATCH_FLOATING_TYPES(acc, "dropout_attention_forward", [&] {
     for_each_slice(q, [&](int64_t b, int64_t h) {
       auto out_acc = at::empty({q.size(2), q.size(3)}, q.options().dtype(acc));
-      forward_slice<scalar_t>(slice_as(q, b, h, acc), slice_as(k, b, h, acc),
-                              slice_as(v, b, h, acc), out_acc, lse.select(0, b).select(0, h),
-                              is_causal, scale, mask, slice_coordinates(where, b, h));
+      forward_slice<scalar_t>(slice_as(q, b, h, acc), slice_as(k, b, h / share, acc),
+                              slice_as(v, b, h / share, acc), out_acc,
+                              lse.select(0, b).select(0, h), is_causal, scale, mask,
+                              slice_coordinates(where, b, h));
       out.select(0, b).select(0, h).copy_(out_acc);
     });
   });
@@ -153,20 +171,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_attention_backward(
   auto grad_q = at::empty(q.sizes(), q.options());
   auto grad_k = at::empty(k.sizes(), k.options());
   auto grad_v = at::empty(v.sizes(), v.options());
+  const int64_t share = heads_per_key_value(q, k);
   AT_DISPATCH_FLOATING_TYPES(acc, "dropout_attention_backward", [&] {
-    for_each_slice(q, [&](int64_t b, int64_t h) {
+    for_each_key_value_slice(k, [&](int64_t b, int64_t kv_head) {
       const auto slice_options = q.options().dtype(acc);
-      auto dq = at::empty({q.size(2), q.size(3)}, slice_options);
       auto dk = at::zeros({k.size(2), k.size(3)}, slice_options);
       auto dv = at::zeros({v.size(2), v.size(3)}, slice_options);
-      const auto lse_row = lse.select(0, b).select(0, h).to(acc).contiguous();
-      backward_slice<scalar_t>(slice_as(grad_out, b, h, acc), slice_as(q, b, h, acc),
-                               slice_as(k, b, h, acc), slice_as(v, b, h, acc),
-                               slice_as(out, b, h, acc), lse_row, dq, dk, dv, is_causal, scale,
-                               mask, slice_coordinates(where, b, h));
-      grad_q.select(0, b).select(0, h).copy_(dq);
-      grad_k.select(0, b).select(0, h).copy_(dk);
-      grad_v.select(0, b).select(0, h).copy_(dv);
+      const auto key = slice_as(k, b, kv_head, acc), value = slice_as(v, b, kv_head, acc);
+      for (int64_t h = kv_head * share; h < (kv_head + 1) * share; ++h) {
+        auto dq = at::empty({q.size(2), q.size(3)}, slice_options);
+        const auto lse_row = lse.select(0, b).select(0, h).to(acc).contiguous();
+        backward_slice<scalar_t>(slice_as(grad_out, b, h, acc), slice_as(q, b, h, acc), key, value,
+                                 slice_as(out, b, h, acc), lse_row, dq, dk, dv, is_causal, scale,
+                                 mask, slice_coordinates(where, b, h));
+        grad_q.select(0, b).select(0, h).copy_(dq);
+      }
+      grad_k.select(0, b).select(0, kv_head).copy_(dk);
+      grad_v.select(0, b).select(0, kv_head).copy_(dv);
     });
   });
   return {grad_q, grad_k, grad_v};

@@ -1,5 +1,7 @@
 // The CUDA attention kernels: ATen's flash attention for half types and head dims it takes, its
 // memory-efficient kernel otherwise (float32, other head dims); both return the log-sum-exp.
+// Flash reads shared key/value heads in place (flash-attn's grouped-query layout); the
+// memory-efficient kernel takes equal head counts, so its calls get the shared heads repeated.
 // Ring merges run in our fused kernel (lse_merge_cuda.cu). What these kernels cannot take is
 // rejected by cuda_check_supported during validation, before any work.
 #include <ATen/ops/_scaled_dot_product_efficient_attention.h>
@@ -69,6 +71,18 @@ at::Tensor aligned(const at::Tensor& x) {
 // views.
 constexpr int64_t kMaxGridBatch = 65535;
 
+// Key/value heads repeated for kernels that take as many key/value heads as query heads, and
+// their gradients summed back over the repeats.
+at::Tensor with_query_heads(const at::Tensor& x, int64_t query_heads) {
+  const int64_t repeats = query_heads / x.size(1);
+  return repeats == 1 ? x : x.repeat_interleave(repeats, 1);
+}
+
+at::Tensor summed_to_heads(const at::Tensor& grad, int64_t key_value_heads) {
+  if (grad.size(1) == key_value_heads) return grad;
+  return grad.unflatten(1, {key_value_heads, grad.size(1) / key_value_heads}).sum(2);
+}
+
 std::tuple<at::Tensor, at::Tensor> forward_one_launch(const at::Tensor& q, const at::Tensor& k,
                                                       const at::Tensor& v,
                                                       const BlockOptions& options) {
@@ -79,7 +93,8 @@ std::tuple<at::Tensor, at::Tensor> forward_one_launch(const at::Tensor& q, const
     return {std::get<0>(result), std::get<1>(result)};
   }
   auto result = at::_scaled_dot_product_efficient_attention(
-      q, k, v, std::nullopt, /*compute_log_sumexp=*/true, 0.0, options.is_causal, options.scale);
+      q, with_query_heads(k, q.size(1)), with_query_heads(v, q.size(1)), std::nullopt,
+      /*compute_log_sumexp=*/true, 0.0, options.is_causal, options.scale);
   return {std::get<0>(result), std::get<1>(result).narrow(-1, 0, q.size(2))};
 }
 
@@ -99,10 +114,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_one_launch(
   // [B', L, h, D] order (row stride h * D); the sharded engine passes strided row views, so
   // `out` is laid out that way here (a view of [B', h, L, D] again).
   auto grads = at::_scaled_dot_product_efficient_attention_backward(
-      grad_out, q, k, v, at::Tensor(), out.transpose(1, 2).contiguous().transpose(1, 2), padded_lse,
-      no_philox_state(), no_philox_state(), 0.0, {true, true, true, false}, options.is_causal,
-      options.scale);
-  return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads)};
+      grad_out, q, with_query_heads(k, q.size(1)), with_query_heads(v, q.size(1)), at::Tensor(),
+      out.transpose(1, 2).contiguous().transpose(1, 2), padded_lse, no_philox_state(),
+      no_philox_state(), 0.0, {true, true, true, false}, options.is_causal, options.scale);
+  return {std::get<0>(grads), summed_to_heads(std::get<1>(grads), k.size(1)),
+          summed_to_heads(std::get<2>(grads), v.size(1))};
 }
 
 std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at::Tensor& k_in,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <utility>
 
 namespace dilated_attention {
 
@@ -98,6 +99,51 @@ std::vector<HeadGroup> restrict_to_heads(const std::vector<HeadGroup>& groups, i
     restricted.push_back(part);
   }
   return restricted;
+}
+
+std::vector<HeadGroup> split_at_shared_key_values(const std::vector<HeadGroup>& groups,
+                                                  int64_t heads_per_key_value) {
+  if (heads_per_key_value <= 1) return groups;
+  const int64_t share = heads_per_key_value;
+  std::vector<HeadGroup> parts;
+  for (const auto& group : groups) {
+    const int64_t begin = group.first_head, end = group.first_head + group.num_heads;
+    // Cut at the first and last multiples of `share` strictly inside the head range.
+    const int64_t first_cut = std::min(end, (begin + share - 1) / share * share);
+    const int64_t last_cut = std::max(first_cut, end / share * share);
+    for (const auto& [lo, hi] :
+         {std::pair{begin, first_cut}, std::pair{first_cut, last_cut}, std::pair{last_cut, end}}) {
+      if (lo >= hi) continue;
+      HeadGroup part = group;
+      part.first_head = lo;
+      part.num_heads = hi - lo;
+      parts.push_back(part);
+    }
+  }
+  return parts;
+}
+
+HeadGroup key_value_group(const HeadGroup& group, int64_t heads_per_key_value) {
+  const int64_t share = std::max<int64_t>(1, heads_per_key_value);
+  const int64_t first = group.first_head / share;
+  const int64_t last = (group.first_head + group.num_heads - 1) / share;
+  const bool uniform =
+      first == last || (group.first_head % share == 0 && group.num_heads % share == 0);
+  if (!uniform) {
+    throw std::invalid_argument("key_value_group: a group not split at shared key/value heads");
+  }
+  HeadGroup keys = group;
+  keys.first_head = first;
+  keys.num_heads = last - first + 1;
+  return keys;
+}
+
+std::vector<HeadGroup> key_value_groups(const std::vector<HeadGroup>& groups,
+                                        int64_t heads_per_key_value) {
+  std::vector<HeadGroup> keys;
+  keys.reserve(groups.size());
+  for (const auto& group : groups) keys.push_back(key_value_group(group, heads_per_key_value));
+  return keys;
 }
 
 }  // namespace dilated_attention

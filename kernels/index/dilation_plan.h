@@ -64,4 +64,22 @@ namespace dilated_attention {
 std::vector<HeadGroup> restrict_to_heads(const std::vector<HeadGroup>& groups, int64_t first_head,
                                          int64_t num_heads);
 
+// Grouped-query attention: `heads_per_key_value` consecutive query heads share one key/value
+// head (query head h reads key/value head h / heads_per_key_value, as flash-attn and
+// transformers' repeat_kv do). The attention kernels take one ratio per call, so each group is
+// split where that ratio would not be uniform: a leading part inside one key/value head, an
+// aligned middle (whole sets of sharing heads), a trailing part inside one key/value head. The
+// parts keep the group's index, segment length, rate and offset, so the math is the group's.
+// heads_per_key_value = 1 returns the groups unchanged.
+std::vector<HeadGroup> split_at_shared_key_values(const std::vector<HeadGroup>& groups,
+                                                  int64_t heads_per_key_value);
+
+// The key/value heads that the query heads of `group` (a part made by
+// split_at_shared_key_values) read, as a group over the key/value tensors: the same segments,
+// rate and offset, the heads [first_head / heads_per_key_value, ...).
+HeadGroup key_value_group(const HeadGroup& group, int64_t heads_per_key_value);
+
+std::vector<HeadGroup> key_value_groups(const std::vector<HeadGroup>& groups,
+                                        int64_t heads_per_key_value);
+
 }  // namespace dilated_attention

@@ -58,6 +58,20 @@ def resolve_group_name(process_group: Optional["dist.ProcessGroup"], ring_size: 
     return "" if group is None else group.group_name
 
 
+def resolve_key_value_heads(num_heads: int, num_key_value_heads: Optional[int]) -> int:
+    """Key/value heads of a multi-head module: num_heads unless given (grouped-query attention);
+    a divisor of num_heads, as the ops require (query head h reads key/value head
+    h // (num_heads // num_key_value_heads))."""
+    if num_key_value_heads is None:
+        return num_heads
+    if num_key_value_heads <= 0:
+        raise ValueError(f"num_key_value_heads must be positive, got {num_key_value_heads}")
+    if num_heads % num_key_value_heads != 0:
+        raise ValueError(f"num_heads ({num_heads}) must be divisible by num_key_value_heads "
+                         f"({num_key_value_heads})")
+    return num_key_value_heads
+
+
 def reject_mask_message(name: str) -> str:
     """Masks other than causal cannot be honoured by dilated attention: refuse, never ignore."""
     return (

@@ -6,7 +6,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ._config import check_multihead_input, init_projections, reject_mask_message
+from ._config import (check_multihead_input, init_projections, reject_mask_message,
+                      resolve_key_value_heads)
 from .dilated_attention import DilatedAttention
 
 
@@ -47,6 +48,11 @@ class MultiheadDilatedAttention(nn.Module):
     With ``layer_norm=False`` both norms are skipped. Weights get ``xavier_normal_`` with gain
     ``gamma_init``; biases start at zero. Note the argument order: dilation_rates comes before
     segment_lengths, as users' positional calls expect.
+
+    ``num_key_value_heads`` (default ``num_heads``) gives grouped-query attention: ``k_proj`` and
+    ``v_proj`` project to ``num_key_value_heads * head_dim`` features, ``k_ln`` normalises those,
+    and query head h reads key/value head ``h // (num_heads // num_key_value_heads)`` without a
+    copy per query head. The default keeps existing checkpoints loading unchanged.
     """
 
     def __init__(
@@ -62,22 +68,30 @@ class MultiheadDilatedAttention(nn.Module):
         gamma_init: float = 1.0,
         device=None,
         dtype=None,
+        num_key_value_heads: Optional[int] = None,
     ):
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = check_heads(embed_dim, num_heads)
+        self.num_key_value_heads = resolve_key_value_heads(num_heads, num_key_value_heads)
+        kv_dim = self.num_key_value_heads * self.head_dim
         self.layer_norm = layer_norm
         self.gamma_init = gamma_init
         factory = {"device": device, "dtype": dtype}
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(embed_dim, kv_dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(embed_dim, kv_dim, bias=bias, **factory)
         self.attention = DilatedAttention(segment_lengths, dilation_rates, attention_dropout=dropout)
         self.q_ln = nn.LayerNorm(embed_dim, eps=layer_norm_eps, **factory) if layer_norm else nn.Identity()
-        self.k_ln = nn.LayerNorm(embed_dim, eps=layer_norm_eps, **factory) if layer_norm else nn.Identity()
+        self.k_ln = nn.LayerNorm(kv_dim, eps=layer_norm_eps, **factory) if layer_norm else nn.Identity()
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
         self._reset_parameters()
+
+    def __setstate__(self, state):
+        # Modules pickled before grouped-query attention existed had one key head per query head.
+        state.setdefault("num_key_value_heads", state.get("num_heads"))
+        super().__setstate__(state)
 
     def _reset_parameters(self) -> None:
         init_projections(self.q_proj, self.k_proj, self.v_proj, self.out_proj, gain=self.gamma_init)
@@ -103,8 +117,8 @@ class MultiheadDilatedAttention(nn.Module):
         check_multihead_input(key, "key", self.embed_dim)
         check_multihead_input(value, "value", self.embed_dim)
         q = self.q_ln(self.q_proj(query)).unflatten(-1, (self.num_heads, self.head_dim))
-        k = self.k_ln(self.k_proj(key)).unflatten(-1, (self.num_heads, self.head_dim))
-        v = self.v_proj(value).unflatten(-1, (self.num_heads, self.head_dim))
+        k = self.k_ln(self.k_proj(key)).unflatten(-1, (self.num_key_value_heads, self.head_dim))
+        v = self.v_proj(value).unflatten(-1, (self.num_key_value_heads, self.head_dim))
         x = self.attention(q, k, v, is_causal).flatten(-2)
         out = self.out_proj(self.q_ln(x))
         if need_weights:

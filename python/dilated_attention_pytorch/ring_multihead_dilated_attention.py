@@ -11,6 +11,7 @@ from ._config import (
     init_projections,
     reject_mask_message,
     resolve_group_name,
+    resolve_key_value_heads,
     set_attention_attributes,
 )
 from ._deprecation import warn_deprecated
@@ -29,6 +30,11 @@ class RingMultiheadDilatedAttention(nn.Module):
     Runs the op ``ring_multihead_dilated_attention``; with ``layer_norm=True`` (a norm between
     the attention and ``out_proj``, which the fused op has not) the attention alone runs on that
     op's backend, read from its row of the library's named-op table.
+
+    ``num_key_value_heads`` (default ``num_heads``) gives grouped-query attention: ``qkv_proj``
+    then has ``embed_dim + 2 * num_key_value_heads * head_dim`` output features (q, k, v in that
+    order), only the shared key/value heads travel between ranks, and the attention runs on the
+    same backend with the projections in Python (the fused op takes equal q, k, v widths).
     """
 
     OP_NAME = "ring_multihead_dilated_attention"
@@ -50,6 +56,7 @@ class RingMultiheadDilatedAttention(nn.Module):
         batch_first: bool = True,
         process_group=None,
         softmax_scale: Optional[float] = None,
+        num_key_value_heads: Optional[int] = None,
     ):
         row = _op_table.row(self.OP_NAME, "fused_self_attention", type(self).__name__)
         warn_deprecated(row)
@@ -60,14 +67,21 @@ class RingMultiheadDilatedAttention(nn.Module):
         set_attention_attributes(self, segment_lengths, dilation_rates, dropout, softmax_scale)
         self.embed_dim = embed_dim
         self.num_heads = num_heads
+        self.num_key_value_heads = resolve_key_value_heads(num_heads, num_key_value_heads)
         self.batch_first = batch_first
         self.use_layer_norm = layer_norm
         self.group_name = resolve_group_name(process_group, ring_size)
         factory = {"device": device, "dtype": dtype}
-        self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias, **factory)
+        kv_dim = self.num_key_value_heads * self.head_dim
+        self.qkv_proj = nn.Linear(embed_dim, embed_dim + 2 * kv_dim, bias=bias, **factory)
         self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps, **factory) if layer_norm else nn.Identity()
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
         init_projections(self.qkv_proj, self.out_proj, gain=gamma_init)
+
+    def __setstate__(self, state):
+        # Modules pickled before grouped-query attention existed had one key head per query head.
+        state.setdefault("num_key_value_heads", state.get("num_heads"))
+        super().__setstate__(state)
 
     def forward(
         self,
@@ -91,11 +105,15 @@ class RingMultiheadDilatedAttention(nn.Module):
         check_multihead_input(query, "query", self.embed_dim)
         x = query if self.batch_first else query.transpose(0, 1)
         dropout_p = self.dropout if self.training else 0.0
-        if self.use_layer_norm:
-            q, k, v = self.qkv_proj(x).unflatten(-1, (3 * self.num_heads, self.head_dim)).chunk(3, -2)
+        if self.use_layer_norm or self.num_key_value_heads != self.num_heads:
+            kv_dim = self.num_key_value_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split([self.embed_dim, kv_dim, kv_dim], dim=-1)
             attended = torch.ops.dilated_attention._distributed_dilated_attention(
-                q, k, v, self.segment_lengths, self.dilation_rates, dropout_p, is_causal,
-                self.softmax_scale, self.group_name, self.backend)
+                q.unflatten(-1, (self.num_heads, self.head_dim)),
+                k.unflatten(-1, (self.num_key_value_heads, self.head_dim)),
+                v.unflatten(-1, (self.num_key_value_heads, self.head_dim)), self.segment_lengths,
+                self.dilation_rates, dropout_p, is_causal, self.softmax_scale, self.group_name,
+                self.backend)
             out = self.out_proj(self.norm(attended.flatten(-2)))
         else:
             # OP_NAME (TorchScript needs the op spelled out).

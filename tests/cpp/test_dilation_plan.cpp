@@ -79,3 +79,67 @@ TEST_CASE("rates at or past the segment length step by the segment length", "[pl
   CHECK(largest[0].dilation_rate == 1);
   CHECK(largest[0].subset_length() == 1);
 }
+
+TEST_CASE("groups split where shared key/value heads would make the head ratio uneven", "[plan]") {
+  // H = 8 in groups of 3, 3, 2; four query heads share each of two key/value heads.
+  const auto groups = make_head_groups(8, {8, 16, 32}, {1, 2, 4});
+  const auto parts = split_at_shared_key_values(groups, 4);
+  // Group 0 (heads 0-2) lies inside key/value head 0; group 1 (3-5) spans heads 0 and 1;
+  // group 2 (6-7) lies inside head 1.
+  REQUIRE(parts.size() == 4);
+  CHECK(parts[0].first_head == 0);
+  CHECK(parts[0].num_heads == 3);
+  CHECK(parts[1].first_head == 3);
+  CHECK(parts[1].num_heads == 1);
+  CHECK(parts[2].first_head == 4);
+  CHECK(parts[2].num_heads == 2);
+  CHECK(parts[3].first_head == 6);
+  CHECK(parts[3].num_heads == 2);
+  CHECK(parts[1].index == 1);
+  CHECK(parts[2].index == 1);
+  CHECK(parts[2].segment_length == 16);
+  CHECK(parts[2].offset == groups[1].offset);
+
+  const auto keys = key_value_groups(parts, 4);
+  CHECK(keys[0].first_head == 0);
+  CHECK(keys[0].num_heads == 1);
+  CHECK(keys[1].first_head == 0);
+  CHECK(keys[2].first_head == 1);
+  CHECK(keys[3].first_head == 1);
+  CHECK(keys[3].num_heads == 1);
+}
+
+TEST_CASE("every query head reads key/value head h / ratio through its part", "[plan]") {
+  for (int64_t heads : {1, 2, 3, 4, 6, 8, 12, 16}) {
+    for (int64_t share = 1; share <= heads; ++share) {
+      if (heads % share != 0) continue;
+      for (size_t num_groups = 1; num_groups <= static_cast<size_t>(heads) && num_groups <= 4;
+           ++num_groups) {
+        const std::vector<int64_t> segments(num_groups, 8), rates(num_groups, 1);
+        const auto parts =
+            split_at_shared_key_values(make_head_groups(heads, segments, rates), share);
+        int64_t next = 0;
+        for (const auto& part : parts) {
+          const auto keys = key_value_group(part, share);
+          const int64_t per_key = part.num_heads / keys.num_heads;
+          REQUIRE(per_key * keys.num_heads == part.num_heads);
+          for (int64_t i = 0; i < part.num_heads; ++i) {
+            CHECK(part.first_head + i == next + i);
+            CHECK(keys.first_head + i / per_key == (part.first_head + i) / share);
+          }
+          next += part.num_heads;
+        }
+        CHECK(next == heads);
+      }
+    }
+  }
+}
+
+TEST_CASE("aligned groups stay whole when key/value heads are shared", "[plan]") {
+  const auto groups = make_head_groups(32, {8, 16}, {1, 2});
+  const auto parts = split_at_shared_key_values(groups, 4);
+  REQUIRE(parts.size() == 2);
+  CHECK(key_value_group(parts[1], 4).first_head == 4);
+  CHECK(key_value_group(parts[1], 4).num_heads == 4);
+  CHECK_THROWS(key_value_group(HeadGroup{0, 2, 4, 8, 1, 0}, 4));
+}

@@ -123,7 +123,7 @@ const char* kind_name(ExchangeKind kind) {
 
 ShardedAttentionConfig config_for(const Case& c, int64_t heads, bool causal, ExchangeKind kind) {
   const AttentionArgs args{c.segments, c.rates, 0.0, causal, std::nullopt};
-  return {make_attention_config(heads, kHeadDim, args, /*dropout_seed=*/0),
+  return {make_attention_config(heads, heads, kHeadDim, args, /*dropout_seed=*/0),
           ShardLayout{c.seq_len, c.world_size}, kind};
 }
 

@@ -7,6 +7,9 @@ differentiable, so autograd through it gives reference gradients.
 With NaN or +-inf in the inputs a mask is not exact (a masked weight of 0 times a NaN value is
 NaN, and NaN + (-inf) is NaN): a causal row must not depend on keys after it at all. Then each
 row is computed alone over exactly the keys it sees, forward and through autograd.
+
+Grouped-query attention: key and value may have H_kv heads, H_kv dividing H; query head h reads
+key/value head h // (H // H_kv), indexed explicitly (no repeat of the tensors).
 """
 
 import math
@@ -70,6 +73,9 @@ def dilated_attention_reference(
     """Reference output in float64, shape [B, N, H, D] (no dropout)."""
     q, k, v = (t.to(torch.float64) for t in (query, key, value))
     batch, seq_len, num_heads, head_dim = q.shape
+    num_key_value_heads = k.shape[2]
+    assert v.shape[2] == num_key_value_heads and num_heads % num_key_value_heads == 0
+    heads_per_key_value = num_heads // num_key_value_heads
     num_groups = len(segment_lengths)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
 
@@ -78,6 +84,7 @@ def dilated_attention_reference(
         s, r = segment_lengths[g], dilation_rates[g]
         offset = group_offset(g, r)
         for h in heads:
+            kv = h // heads_per_key_value
             out_h = torch.zeros(batch, seq_len, head_dim, dtype=torch.float64)
             for t in range(seq_len // s):
                 positions = segment_positions(t, s, r, offset)
@@ -85,7 +92,7 @@ def dilated_attention_reference(
                     continue
                 idx = torch.tensor(positions, dtype=torch.long)
                 mask = attention_mask(len(positions), is_causal)
-                out_h[:, idx] = _attend(q[:, idx, h], k[:, idx, h], v[:, idx, h], mask, scale)
+                out_h[:, idx] = _attend(q[:, idx, h], k[:, idx, kv], v[:, idx, kv], mask, scale)
             head_outputs.append(out_h)
     if not head_outputs:
         return torch.zeros(batch, seq_len, num_heads, head_dim, dtype=torch.float64)

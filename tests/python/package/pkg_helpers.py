@@ -54,11 +54,14 @@ def randn(shape, dtype, seed):
 
 
 def multihead_reference(p: Dict[str, torch.Tensor], query, key, value, num_heads, segment_lengths,
-                        dilation_rates, is_causal=False, layer_norm=True, eps=1e-5, scale=None):
+                        dilation_rates, is_causal=False, layer_norm=True, eps=1e-5, scale=None,
+                        num_key_value_heads=None):
     """MultiheadDilatedAttention as the spec states it, in float64:
-    q = q_ln(W_q x), k = k_ln(W_k x), v = W_v x; attention; merge heads; q_ln again; out_proj."""
+    q = q_ln(W_q x), k = k_ln(W_k x), v = W_v x; attention; merge heads; q_ln again; out_proj.
+    With num_key_value_heads, k and v have that many heads (the reference shares them)."""
     embed_dim = query.shape[-1]
     head_dim = embed_dim // num_heads
+    kv_heads = num_key_value_heads or num_heads
 
     def linear(name, x):
         return F.linear(x, p[f"{name}.weight"], p.get(f"{name}.bias"))
@@ -66,26 +69,29 @@ def multihead_reference(p: Dict[str, torch.Tensor], query, key, value, num_heads
     def norm(name, x):
         if not layer_norm:
             return x
-        return F.layer_norm(x, (embed_dim,), p[f"{name}.weight"], p[f"{name}.bias"], eps)
+        return F.layer_norm(x, (x.shape[-1],), p[f"{name}.weight"], p[f"{name}.bias"], eps)
 
     q = norm("q_ln", linear("q_proj", query)).unflatten(-1, (num_heads, head_dim))
-    k = norm("k_ln", linear("k_proj", key)).unflatten(-1, (num_heads, head_dim))
-    v = linear("v_proj", value).unflatten(-1, (num_heads, head_dim))
+    k = norm("k_ln", linear("k_proj", key)).unflatten(-1, (kv_heads, head_dim))
+    v = linear("v_proj", value).unflatten(-1, (kv_heads, head_dim))
     x = dilated_attention_reference(q, k, v, segment_lengths, dilation_rates, is_causal, scale)
     return linear("out_proj", norm("q_ln", x.flatten(-2)))
 
 
 def ring_multihead_reference(p: Dict[str, torch.Tensor], x, num_heads, segment_lengths,
                              dilation_rates, is_causal=False, layer_norm=False, eps=1e-5,
-                             scale=None, batch_first=True):
-    """RingMultiheadDilatedAttention in float64: fused qkv_proj (q, k, v along 3E), attention,
-    merge heads, optional `norm`, out_proj."""
+                             scale=None, batch_first=True, num_key_value_heads=None):
+    """RingMultiheadDilatedAttention in float64: fused qkv_proj (q, k, v along E + 2 * H_kv *
+    head_dim), attention, merge heads, optional `norm`, out_proj."""
     if not batch_first:
         x = x.transpose(0, 1)
     embed_dim = x.shape[-1]
     head_dim = embed_dim // num_heads
+    kv_heads = num_key_value_heads or num_heads
     qkv = F.linear(x, p["qkv_proj.weight"], p.get("qkv_proj.bias"))
-    q, k, v = (t.unflatten(-1, (num_heads, head_dim)) for t in qkv.split(embed_dim, dim=-1))
+    q, k, v = qkv.split([embed_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q = q.unflatten(-1, (num_heads, head_dim))
+    k, v = (t.unflatten(-1, (kv_heads, head_dim)) for t in (k, v))
     attended = dilated_attention_reference(q, k, v, segment_lengths, dilation_rates, is_causal,
                                            scale).flatten(-2)
     if layer_norm:
