@@ -55,6 +55,10 @@ def memcheck(_):
     for shape, segments, rates in CASES[:2]:
         q = torch.randn(shape, device="cuda", dtype=torch.float16, requires_grad=True)
         OP(q, q, q, segments, rates, 0.0, True).sum().backward()
+    for dtype in (torch.float16, torch.float32):  # grouped-query K/V: flash, memory-efficient
+        q = torch.randn(1, 64, 4, 64, device="cuda", dtype=dtype, requires_grad=True)
+        kv = torch.randn(1, 64, 2, 64, device="cuda", dtype=dtype, requires_grad=True)
+        OP(q, kv, kv, [16, 64], [1, 2], 0.0, True).sum().backward()
     torch.cuda.synchronize()
     print("memcheck calls done")
 

@@ -52,13 +52,13 @@ void check_key_value_heads(const at::Tensor& query, const at::Tensor& key,
                            const at::Tensor& value) {
   const auto heads = query.sym_size(2), key_heads = key.sym_size(2);
   TORCH_CHECK_VALUE(heads == key_heads || (key_heads > 0 && heads % key_heads == 0),
-                    "Shape mismatch at dimension 2: query has ", heads, " heads, key has ",
+                    "Shape mismatch at dimension 2: query has size ", heads, ", key has size ",
                     key_heads,
-                    " heads; the number of key/value heads must divide the number of "
-                    "query heads (grouped-query attention)");
-  TORCH_CHECK_VALUE(value.sym_size(2) == key_heads, "Shape mismatch at dimension 2: key has ",
-                    key_heads, " heads, value has ", value.sym_size(2),
-                    " heads; key and value must have the same number of heads");
+                    "; the number of key/value heads must divide the number of query heads "
+                    "(grouped-query attention)");
+  TORCH_CHECK_VALUE(value.sym_size(2) == key_heads, "Shape mismatch at dimension 2: query has size ",
+                    heads, ", key has size ", key_heads, ", value has size ", value.sym_size(2),
+                    "; key and value must have the same number of heads");
 }
 
 }  // namespace

@@ -58,6 +58,27 @@ def test_core_op_matches_the_reference(case, dtype, is_causal):
                        scale)
 
 
+
+# Grouped-query K/V: flash reads the shared heads in place (half types); the memory-efficient
+# kernel (float32, head dims flash does not take) gets them repeated per call.
+GQA_CASES = [
+    ((2, 96, 8, 64), 2, [12, 24, 48], [1, 2, 3]),  # groups of 3, 3, 2 split over 2 shared heads
+    ((1, 64, 4, 32), 1, [16, 64], [1, 2]),         # multi-query
+    ((1, 64, 6, 40), 3, [16, 32], [1, 2]),         # a head dim flash takes in half types only
+]
+
+
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", GQA_CASES, ids=["split-groups", "mqa", "d40"])
+def test_grouped_query_key_values_match_the_reference(case, dtype, is_causal):
+    (B, N, H, D), kv_heads, segments, rates = case
+    q = _qkv((B, N, H, D), dtype, seed=1)[0]
+    k, v = _qkv((B, N, kv_heads, D), dtype, seed=2)[:2]
+    _against_reference(ops.dilated_attention, q, k, v, segments, rates, is_causal)
+    _against_reference(ops.ring_dilated_attention_hybrid_optimized_v2, q, k, v, segments, rates,
+                       is_causal)
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_chunks_of_a_fused_qkv_projection(dtype):
     """Non-contiguous views with a row stride of 3 * H * D, as a fused projection gives them."""

@@ -181,23 +181,25 @@ def test_torchscript():
 @pytest.mark.parametrize("H, H_kv", [(8, 3), (4, 8), (6, 4)])
 def test_heads_not_a_multiple_is_a_value_error_naming_both(H, H_kv):
     q, k, v, _ = gqa_inputs(1, 16, H, H_kv, 4, torch.float32)
-    with pytest.raises(ValueError, match=rf"^Shape mismatch at dimension 2: query has {H} heads, "
-                                         rf"key has {H_kv} heads"):
+    with pytest.raises(ValueError, match=rf"^Shape mismatch at dimension 2: query has size {H}, "
+                                         rf"key has size {H_kv}; the number of key/value heads "
+                                         "must divide the number of query heads"):
         OP(q, k, v, [8], [1])
 
 
 def test_zero_key_heads_is_a_value_error():
     q = torch.randn(1, 16, 4, 4)
     k = v = torch.randn(1, 16, 0, 4)
-    with pytest.raises(ValueError, match="query has 4 heads, key has 0 heads"):
+    with pytest.raises(ValueError, match="query has size 4, key has size 0"):
         OP(q, k, v, [8], [1])
 
 
 def test_value_heads_must_match_key_heads():
     q = torch.randn(1, 16, 4, 4)
     k, v = torch.randn(1, 16, 2, 4), torch.randn(1, 16, 4, 4)
-    with pytest.raises(ValueError, match="^Shape mismatch at dimension 2: key has 2 heads, value "
-                                         "has 4 heads"):
+    with pytest.raises(ValueError, match="^Shape mismatch at dimension 2: query has size 4, key "
+                                         "has size 2, value has size 4; key and value must have "
+                                         "the same number of heads"):
         OP(q, k, v, [8], [1])
 
 
