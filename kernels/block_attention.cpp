@@ -53,6 +53,26 @@ std::tuple<at::Tensor, at::Tensor> with_rows_marked(const at::Tensor& bad_rows, 
   return {std::move(out), std::move(lse)};
 }
 
+// Rows [B', Lq] that see no key at all: every key they may see (all, or 0..i in a causal block)
+// is padding. Undefined without a key_padding_mask.
+at::Tensor rows_without_keys(const BlockOptions& options, int64_t query_rows) {
+  const auto& padding = options.key_padding;
+  if (!padding.defined()) return {};
+  if (options.is_causal) {  // square: row i sees keys 0..i
+    return padding.to(at::kInt).cumprod(-1).to(at::kBool);
+  }
+  return padding.all(-1, /*keepdim=*/true).expand({padding.size(0), query_rows});
+}
+
+// Such rows give 0, with log-sum-exp -inf (nothing to merge), whatever the kernel returned.
+std::tuple<at::Tensor, at::Tensor> with_rows_without_keys_zeroed(const at::Tensor& no_keys,
+                                                                 at::Tensor out, at::Tensor lse) {
+  if (!no_keys.defined()) return {std::move(out), std::move(lse)};
+  out.masked_fill_(no_keys.unsqueeze(1).unsqueeze(-1), 0.0);
+  lse.masked_fill_(no_keys.unsqueeze(1), -std::numeric_limits<double>::infinity());
+  return {std::move(out), std::move(lse)};
+}
+
 at::Tensor non_finite_query_rows(const at::Tensor& q) {
   return at::isfinite(q).logical_not_().any(-1);
 }
@@ -90,6 +110,10 @@ ScoreVerdict judge_scores(const at::Tensor& q, const at::Tensor& k, const BlockO
   for (int64_t first = 0; first < rows; first += chunk) {
     const int64_t n = std::min(chunk, rows - first);
     auto scores = shared_key_scores(q.narrow(2, first, n).to(accumulate), keys).mul_(options.scale);
+    if (options.key_padding.defined()) {  // [B', Lk] -> [B', 1, 1, Lk]
+      scores.masked_fill_(options.key_padding.unsqueeze(1).unsqueeze(1),
+                          -std::numeric_limits<double>::infinity());
+    }
     if (options.is_causal) {  // square block: row first + i sees keys 0 .. first + i
       const auto hidden = at::ones({n, k.size(2)}, q.options().dtype(at::kBool)).triu_(first + 1);
       scores.masked_fill_(hidden, -std::numeric_limits<double>::infinity());
@@ -100,9 +124,25 @@ ScoreVerdict judge_scores(const at::Tensor& q, const at::Tensor& k, const BlockO
   return {at::cat(nan_rows, 2), at::cat(empty_rows, 2)};
 }
 
+std::tuple<at::Tensor, at::Tensor> attend_with_checks(const at::Tensor& q, const at::Tensor& k,
+                                                      const at::Tensor& v,
+                                                      const BlockOptions& options,
+                                                      KeyCoverage coverage);
+
+// A row that sees no key (all padding) gives 0 even where its query is NaN: it attends to
+// nothing. Rows that see keys whose scores are all -inf are judged in attend_with_checks.
 std::tuple<at::Tensor, at::Tensor> attend(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const BlockOptions& options,
                                           KeyCoverage coverage) {
+  auto [out, lse] = attend_with_checks(q, k, v, options, coverage);
+  return with_rows_without_keys_zeroed(rows_without_keys(options, q.size(2)), std::move(out),
+                                       std::move(lse));
+}
+
+std::tuple<at::Tensor, at::Tensor> attend_with_checks(const at::Tensor& q, const at::Tensor& k,
+                                                      const at::Tensor& v,
+                                                      const BlockOptions& options,
+                                                      KeyCoverage coverage) {
   const auto& kernels = kernels_for(q.device().type());
   const bool zero_scale = is_zero_scale(q, options);
   auto [out, lse] = zero_scale ? kernels.forward(at::zeros_like(q), k, v, at_unit_scale(options))
@@ -167,6 +207,10 @@ BlockOptions options_of(const CausalPiece& piece, const BlockOptions& block) {
   if (piece.is_diagonal) {
     options.where.key_first += piece.first * block.where.step;
   }
+  if (block.key_padding.defined()) {  // the piece's key rows
+    options.key_padding = piece.is_diagonal ? block.key_padding.narrow(1, piece.first, piece.rows)
+                                            : block.key_padding.narrow(1, 0, piece.first);
+  }
   return options;
 }
 
@@ -229,11 +273,17 @@ bool takes_non_finite_handling(const at::Tensor& q, const BlockOptions& options,
   return options.is_causal || keys < kShortKeyBlock || is_zero_scale(q, options);
 }
 
-std::tuple<at::Tensor, at::Tensor> with_unseen_rows_as_nan(at::Tensor out, at::Tensor lse) {
+std::tuple<at::Tensor, at::Tensor> with_unseen_rows_as_nan(at::Tensor out, at::Tensor lse,
+                                                           const at::Tensor& rows_without_keys) {
   if (!kernels_for(lse.device().type()).checks_non_finite_on_host || lse.numel() == 0) {
     return {std::move(out), std::move(lse)};
   }
-  const auto unseen = lse.isneginf();
+  auto unseen = lse.isneginf();
+  if (rows_without_keys.defined()) {  // [B', Lq] or [B', 1, Lq]: 0 by definition, not NaN
+    unseen.logical_and_(
+        (rows_without_keys.dim() == 2 ? rows_without_keys.unsqueeze(1) : rows_without_keys)
+            .logical_not());
+  }
   if (!unseen.any().item<bool>()) {
     return {std::move(out), std::move(lse)};
   }
@@ -250,8 +300,9 @@ std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, 
       // A causal block is all its rows see (its pieces are merged inside); within a ring it
       // is one block of several, and the ring finishes the merged rows.
       auto [out, lse] = attend_causal_in_pieces(q, k, v, options, cuts);
-      return coverage == KeyCoverage::kWholeRow ? with_unseen_rows_as_nan(out, lse)
-                                                : std::make_tuple(out, lse);
+      return coverage == KeyCoverage::kWholeRow
+                 ? with_unseen_rows_as_nan(out, lse, rows_without_keys(options, q.size(2)))
+                 : std::make_tuple(out, lse);
     }
   }
   return attend(q, k, v, options, coverage);
@@ -259,7 +310,14 @@ std::tuple<at::Tensor, at::Tensor> block_attention_forward(const at::Tensor& q, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options) {
+    const at::Tensor& out, const at::Tensor& lse_in, const BlockOptions& options) {
+  // A row that saw no key has log-sum-exp -inf; +inf makes every recomputed weight of it
+  // exp(s - inf) = 0 (and no NaN from -inf - -inf), so its gradients are 0. With padding such a
+  // row is the only source of -inf (rows judged NaN carry NaN).
+  const auto lse =
+      options.key_padding.defined()
+          ? lse_in.masked_fill(lse_in.isneginf(), std::numeric_limits<double>::infinity())
+          : lse_in;
   if (options.is_causal && options.may_hold_non_finite) {
     const auto cuts = causal_cut_points({&grad_out, &q, &out}, {&k, &v});
     if (!cuts.empty()) {

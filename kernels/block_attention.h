@@ -26,14 +26,16 @@ enum class KeyCoverage { kWholeRow, kPieceOfRow };
 bool takes_non_finite_handling(const at::Tensor& q, const BlockOptions& options, int64_t keys);
 
 // Returns (output [B', h, Lq, D] in the input dtype, log-sum-exp [B', h, Lq] in the
-// accumulation dtype).
+// accumulation dtype). Rows that see no key (options.key_padding) give 0 with log-sum-exp -inf.
 std::tuple<at::Tensor, at::Tensor> block_attention_forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const BlockOptions& options,
     KeyCoverage coverage = KeyCoverage::kWholeRow);
 
 // A merged result's rows whose log-sum-exp is -inf made NaN, where the device checks non-finite
-// values on the host (DeviceKernels::checks_non_finite_on_host).
-std::tuple<at::Tensor, at::Tensor> with_unseen_rows_as_nan(at::Tensor out, at::Tensor lse);
+// values on the host (DeviceKernels::checks_non_finite_on_host), except `rows_without_keys`
+// ([B', Lq] or [B', 1, Lq] bool, or undefined): rows whose every key is padding, which stay 0.
+std::tuple<at::Tensor, at::Tensor> with_unseen_rows_as_nan(
+    at::Tensor out, at::Tensor lse, const at::Tensor& rows_without_keys = at::Tensor());
 
 // Gradients of <grad_out, out> with respect to q, k, v, where `out` and `lse` are the output and
 // log-sum-exp of the attention over ALL key blocks of these queries (so the weights this block

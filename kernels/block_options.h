@@ -2,6 +2,8 @@
 // scale, the dropout mask and where the view's rows sit in the whole sequence.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 
 #include "kernels/index/dropout_mask.h"
@@ -31,6 +33,9 @@ struct BlockOptions {
   // False when the caller has checked that no input holds NaN or +-inf, so causal blocks skip
   // their own check (kernels/causal_pieces.h).
   bool may_hold_non_finite = true;
+  // [B', Lk] bool, True where the key is padding (excluded from every softmax); undefined when
+  // the call has no key_padding_mask. Rows left without a visible key give 0 (log-sum-exp -inf).
+  at::Tensor key_padding;
 
   bool uses_dropout() const { return dropout != nullptr && dropout->dropout_p() > 0.0; }
 };

@@ -18,20 +18,23 @@ namespace dilated_attention {
 struct KernelRequest {
   at::ScalarType dtype = at::kFloat;
   int64_t head_dim = 0;
-  bool dropout = false;  // dropout_p > 0
+  bool dropout = false;           // dropout_p > 0
+  bool key_padding_mask = false;  // a key_padding_mask was given
 };
 
 struct DeviceKernels {
   // One batched attention call over [B', h, Lq, D] query and [B', h_kv, Lk, D] key/value views,
   // h_kv dividing h (query head i reads key/value head i / (h / h_kv), read in place, never
-  // copied per query head): (output in the input dtype, log-sum-exp [B', h, Lq] in the
-  // accumulation dtype).
+  // copied per query head), padded keys (options.key_padding) excluded: (output in the input
+  // dtype, log-sum-exp [B', h, Lq] in the accumulation dtype; rows without a visible key are
+  // any value, block_attention.cpp sets them).
   using Forward = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& q, const at::Tensor& k,
                                                          const at::Tensor& v,
                                                          const BlockOptions& options);
   // Gradients of <grad_out, out> with respect to q, k, v (dK and dV [B', h_kv, Lk, D], summed
   // over the sharing query heads); `out` and `lse` cover ALL key blocks of these queries, so the
-  // recomputed weights are the globally normalised ones.
+  // recomputed weights are the globally normalised ones (rows without a visible key come with
+  // log-sum-exp +inf: every weight 0).
   using Backward = std::tuple<at::Tensor, at::Tensor, at::Tensor> (*)(
       const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options);

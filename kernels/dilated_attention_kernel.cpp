@@ -12,6 +12,7 @@
 #include "kernels/device_kernels.h"
 #include "kernels/group_views.h"
 #include "kernels/index/dropout_mask.h"
+#include "kernels/key_padding.h"
 
 namespace dilated_attention {
 namespace {
@@ -44,6 +45,8 @@ bool inputs_may_hold_non_finite(const AttentionConfig& config, const at::Tensor&
   return any_block_needs && may_hold_non_finite(inputs);
 }
 
+at::Tensor contiguous_or_undefined(const at::Tensor& x) { return x.defined() ? x.contiguous() : x; }
+
 }  // namespace
 
 at::Tensor new_attention_result(const at::Tensor& like, const std::vector<HeadGroup>& groups) {
@@ -51,13 +54,13 @@ at::Tensor new_attention_result(const at::Tensor& like, const std::vector<HeadGr
                                             : at::empty(like.sizes(), like.options());
 }
 
-std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Tensor& q_in,
-                                                                    const at::Tensor& k_in,
-                                                                    const at::Tensor& v_in,
-                                                                    const AttentionConfig& config) {
+std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& key_padding_mask, const AttentionConfig& config) {
+  const auto padding = contiguous_or_undefined(key_padding_mask);
   const auto q = with_group_viewable_layout(q_in);
-  const auto k = with_group_viewable_layout(k_in);
-  const auto v = with_group_viewable_layout(v_in);
+  const auto k = with_group_viewable_layout(without_non_finite_padding(k_in, padding));
+  const auto v = with_group_viewable_layout(without_non_finite_padding(v_in, padding));
   auto out = new_attention_result(q, config.groups);
   auto lse = at::zeros({q.size(0), q.size(1), q.size(2)},
                        q.options().dtype(at::toOpMathType(q.scalar_type())));
@@ -68,6 +71,7 @@ std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Te
   for (const auto& group : config.groups) {
     auto options = group_block_options(config, group, q.size(1), mask);
     options.may_hold_non_finite = may_hold;
+    options.key_padding = group_positions_view(padding, group);
     const auto kv_group = key_value_group(group, config.heads_per_key_value);
     auto [group_out, group_lse] = block_attention_forward(
         group_view(q, group), group_view(k, kv_group), group_view(v, kv_group), options);
@@ -79,12 +83,13 @@ std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Te
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in,
-    const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse,
-    const AttentionConfig& config) {
+    const at::Tensor& v_in, const at::Tensor& key_padding_mask, const at::Tensor& out_in,
+    const at::Tensor& lse, const AttentionConfig& config) {
+  const auto padding = contiguous_or_undefined(key_padding_mask);
   const auto grad_out = with_group_viewable_layout(grad_out_in);
   const auto q = with_group_viewable_layout(q_in);
-  const auto k = with_group_viewable_layout(k_in);
-  const auto v = with_group_viewable_layout(v_in);
+  const auto k = with_group_viewable_layout(without_non_finite_padding(k_in, padding));
+  const auto v = with_group_viewable_layout(without_non_finite_padding(v_in, padding));
   const auto out = with_group_viewable_layout(out_in);
   auto grad_q = new_attention_result(q, config.groups);
   // A shared key/value head collects the gradients of every group that reads it.
@@ -106,6 +111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
   for (const auto& group : config.groups) {
     auto options = group_block_options(config, group, q.size(1), mask);
     options.may_hold_non_finite = may_hold;
+    options.key_padding = group_positions_view(padding, group);
     const auto kv_group = key_value_group(group, config.heads_per_key_value);
     auto [gq, gk, gv] = block_attention_backward(group_view(grad_out, group), group_view(q, group),
                                                  group_view(k, kv_group), group_view(v, kv_group),

@@ -27,19 +27,20 @@ struct AttentionConfig {
   int64_t global_head_offset = 0;  // head 0 of the tensors is this head of the op (dropout mask)
 };
 
-// q: [B, N, H, D]; k, v: [B, N, H / heads_per_key_value, D]. Returns (output [B, N, H, D],
+// q: [B, N, H, D]; k, v: [B, N, H / heads_per_key_value, D]; key_padding_mask [B, N] bool (True =
+// padded key, excluded from every softmax) or undefined. Returns (output [B, N, H, D],
 // log-sum-exp [B, N, H] in the accumulation dtype; entries of positions a head does not attend are
 // 0 and never read).
-std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(const at::Tensor& q,
-                                                                    const at::Tensor& k,
-                                                                    const at::Tensor& v,
-                                                                    const AttentionConfig& config);
+std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& key_padding_mask, const AttentionConfig& config);
 
 // Gradients with respect to q, k, v given the forward's output and log-sum-exp (dK and dV sum
 // over the query heads that share a key/value head).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, const AttentionConfig& config);
+    const at::Tensor& key_padding_mask, const at::Tensor& out, const at::Tensor& lse,
+    const AttentionConfig& config);
 
 // Output-shaped buffer for results: zero-filled only when some positions are attended by no
 // segment (dilation rate > 1), uninitialised otherwise.

@@ -65,4 +65,13 @@ at::Tensor group_rows_view(const at::Tensor& rows, const HeadGroup& group) {
       rows.storage_offset() + group.offset * num_heads + group.first_head);
 }
 
+at::Tensor group_positions_view(const at::Tensor& flags, const HeadGroup& group) {
+  if (!flags.defined()) return flags;
+  TORCH_INTERNAL_ASSERT(flags.dim() == 2 && flags.is_contiguous());
+  const int64_t batch = flags.size(0), seq_len = flags.size(1);
+  return flags.as_strided({batch * group.num_segments(seq_len), group.subset_length()},
+                          {group.segment_length, group.dilation_rate},
+                          flags.storage_offset() + group.offset);
+}
+
 }  // namespace dilated_attention

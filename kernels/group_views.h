@@ -22,4 +22,8 @@ at::Tensor group_view(const at::Tensor& x, const HeadGroup& group);
 // [B, N, H] per-position statistics (the log-sum-exp) -> [B * N/s, h_g, L] view.
 at::Tensor group_rows_view(const at::Tensor& rows, const HeadGroup& group);
 
+// [B, N] per-position flags (the key padding mask, contiguous) -> [B * N/s, L] view of the
+// group's dilated positions; undefined stays undefined.
+at::Tensor group_positions_view(const at::Tensor& flags, const HeadGroup& group);
+
 }  // namespace dilated_attention

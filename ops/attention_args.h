@@ -64,4 +64,15 @@ struct AttentionArgs {
 enum class SchemaDefaults { kWith, kWithout };
 std::string attention_args_schema(SchemaDefaults defaults = SchemaDefaults::kWith);
 
+// The LAST argument of every attention op, internal ones included (after group_name and backend
+// where they exist, with its default, so positional calls written before it keep working):
+// "Tensor? key_padding_mask=None", a bool [B, rows] tensor, True = padding
+// (torch.nn.MultiheadAttention's convention).
+inline constexpr const char* kKeyPaddingMaskSchema = "Tensor? key_padding_mask=None";
+
+// The mask as the kernels take it: undefined when absent.
+inline at::Tensor mask_or_undefined(const std::optional<at::Tensor>& key_padding_mask) {
+  return key_padding_mask.has_value() ? *key_padding_mask : at::Tensor();
+}
+
 }  // namespace dilated_attention

@@ -41,9 +41,10 @@ std::vector<int64_t> count_and_hash(const std::vector<int64_t>& values) {
 }
 
 // Every field has a fixed number of values, so every rank's fingerprint has the same size.
-constexpr int64_t kFingerprintLength = 18;
+constexpr int64_t kFingerprintLength = 19;
 
 std::vector<Field> describe_call(const at::Tensor& query, const at::Tensor& key,
+                                 const std::optional<at::Tensor>& key_padding_mask,
                                  const AttentionArgs& args, DistributedBackend backend, Pass pass) {
   TORCH_INTERNAL_ASSERT(query.dim() == 4 && key.dim() == 4);
   const auto& scale = args.scale;
@@ -52,6 +53,7 @@ std::vector<Field> describe_call(const at::Tensor& query, const at::Tensor& key,
           {"the pass (forward or backward)", {pass == Pass::kForward ? 0 : 1}},
           {"query shape", query.sizes().vec()},
           {"the number of key/value heads", {key.size(2)}},
+          {"whether a key_padding_mask was passed", {key_padding_mask.has_value() ? 1 : 0}},
           {"dtype", {static_cast<int64_t>(query.scalar_type())}},
           {"device type", {static_cast<int64_t>(query.device().type())}},
           {"segment_lengths", count_and_hash(args.segment_lengths)},
@@ -128,14 +130,14 @@ at::Tensor gather_with_collective(comm::Communicator& comm, const at::Tensor& mi
 }  // namespace
 
 void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const at::Tensor& key,
-                       const AttentionArgs& args, DistributedBackend backend, Pass pass,
-                       std::exception_ptr refusal) {
+                       const std::optional<at::Tensor>& key_padding_mask, const AttentionArgs& args,
+                       DistributedBackend backend, Pass pass, std::exception_ptr refusal) {
   if (comm.size() == 1) {
     if (refusal) std::rethrow_exception(refusal);
     return;
   }
-  const auto fields =
-      refusal ? std::vector<Field>{} : describe_call(query, key, args, backend, pass);
+  const auto fields = refusal ? std::vector<Field>{}
+                              : describe_call(query, key, key_padding_mask, args, backend, pass);
   const auto flat = refusal ? refusal_fingerprint() : fingerprint(fields);
   // The transport is the group's (Communicator::collective_device), not the tensors': ranks
   // whose tensors sit on different devices still meet, and disagree on the device type.

@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <exception>
+#include <optional>
 
 #include "comm/communicator.h"
 #include "ops/attention_args.h"
@@ -23,7 +24,7 @@ enum class Pass { kForward, kBackward };
 // `refusal`: the error this rank's own checks raised, or null (then the fingerprint is not read
 // from query and key).
 void check_ranks_agree(comm::Communicator& comm, const at::Tensor& query, const at::Tensor& key,
-                       const AttentionArgs& args, DistributedBackend backend, Pass pass,
-                       std::exception_ptr refusal = nullptr);
+                       const std::optional<at::Tensor>& key_padding_mask, const AttentionArgs& args,
+                       DistributedBackend backend, Pass pass, std::exception_ptr refusal = nullptr);
 
 }  // namespace dilated_attention

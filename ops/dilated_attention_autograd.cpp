@@ -17,27 +17,34 @@ using torch::autograd::variable_list;
 class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttentionFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& query, const at::Tensor& key,
-                            const at::Tensor& value, const AttentionArgs& args) {
+                            const at::Tensor& value, const AttentionArgs& args,
+                            const std::optional<at::Tensor>& key_padding_mask) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, softmax_lse, rng_state] = call_dilated_attention_forward(query, key, value, args);
-    ctx->save_for_backward({query, key, value, output, softmax_lse, rng_state});
+    auto [output, softmax_lse, rng_state] =
+        call_dilated_attention_forward(query, key, value, args, key_padding_mask);
+    // An absent mask is saved as an undefined tensor.
+    ctx->save_for_backward(
+        {query, key, value, output, softmax_lse, rng_state, mask_or_undefined(key_padding_mask)});
     args.save(ctx);
     return output;
   }
 
-  // One gradient per forward input: query, key, value, and none for the arguments struct.
+  // One gradient per forward input: query, key, value, and none for the arguments struct and
+  // the mask.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto& grad_output = grad_outputs[0];
-    if (!grad_output.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!grad_output.defined()) return variable_list(5);
     const bool records_graph = at::GradMode::is_enabled();
     const auto saved = ctx->get_saved_variables();
     variable_list grads;
     {
       const at::NoGradGuard no_grad;
+      const auto mask =
+          saved[6].defined() ? std::optional<at::Tensor>(saved[6]) : std::optional<at::Tensor>();
       auto [grad_query, grad_key, grad_value] =
           call_dilated_attention_backward(grad_output, saved[0], saved[1], saved[2], saved[3],
-                                          saved[4], saved[5], AttentionArgs::load(ctx));
-      grads = {grad_query, grad_key, grad_value, at::Tensor()};
+                                          saved[4], saved[5], AttentionArgs::load(ctx), mask);
+      grads = {grad_query, grad_key, grad_value, at::Tensor(), at::Tensor()};
     }
     // Outside the no-grad scope, so the error node is recorded.
     return once_differentiable(records_graph, std::move(grads), "dilated_attention", saved[0],
@@ -46,8 +53,10 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
 };
 
 at::Tensor dilated_attention_autograd(const at::Tensor& query, const at::Tensor& key,
-                                      const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS) {
-  return DilatedAttentionFunction::apply(query, key, value, DILATED_ATTENTION_ARGS_COLLECT());
+                                      const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
+                                      const std::optional<at::Tensor>& key_padding_mask) {
+  return DilatedAttentionFunction::apply(query, key, value, DILATED_ATTENTION_ARGS_COLLECT(),
+                                         key_padding_mask);
 }
 
 }  // namespace

@@ -35,16 +35,17 @@ std::vector<c10::SymInt> lse_sizes_of(const at::Tensor& query) {
 void check_backward_call(const at::Tensor& grad_output, const at::Tensor& query,
                          const at::Tensor& key, const at::Tensor& value, const at::Tensor& output,
                          const at::Tensor& softmax_lse, const at::Tensor& rng_state,
-                         const AttentionArgs& args) {
-  check_dilated_attention_call(query, key, value, args);
+                         const AttentionArgs& args,
+                         const std::optional<at::Tensor>& key_padding_mask) {
+  check_dilated_attention_call(query, key, value, args, key_padding_mask);
   check_backward_inputs(grad_output, query, output, softmax_lse, rng_state, lse_sizes_of(query));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_forward_meta(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    DILATED_ATTENTION_ARGS_PARAMS) {
+    DILATED_ATTENTION_ARGS_PARAMS, const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  check_dilated_attention_call(query, key, value, args);
+  check_dilated_attention_call(query, key, value, args, key_padding_mask);
   auto lse = at::empty_symint(lse_sizes_of(query),
                               query.options().dtype(at::toOpMathType(query.scalar_type())));
   auto rng_state = at::empty({kRngStateSize}, query.options().dtype(at::kLong));
@@ -54,16 +55,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_forward_meta(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_meta(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
-    const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS) {
+    const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS,
+    const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  check_backward_call(grad_output, query, key, value, output, softmax_lse, rng_state, args);
+  check_backward_call(grad_output, query, key, value, output, softmax_lse, rng_state, args,
+                      key_padding_mask);
   return {new_like(query), new_like(key), new_like(value)};
 }
 
 at::Tensor dilated_attention_meta(const at::Tensor& query, const at::Tensor& key,
-                                  const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS) {
+                                  const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
+                                  const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  check_dilated_attention_call(query, key, value, args);
+  check_dilated_attention_call(query, key, value, args, key_padding_mask);
   return new_like(query);
 }
 
@@ -71,58 +75,65 @@ at::Tensor dilated_attention_meta(const at::Tensor& query, const at::Tensor& key
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_forward_op(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    DILATED_ATTENTION_ARGS_PARAMS) {
+    DILATED_ATTENTION_ARGS_PARAMS, const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  check_dilated_attention_call(query, key, value, args);
-  check_device_supports(query, args);
+  check_dilated_attention_call(query, key, value, args, key_padding_mask);
+  check_device_supports(query, args, key_padding_mask);
   check_scores_representable(query, key, args);
   // Kernels launch on the inputs' device and its current stream.
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   const uint64_t seed = draw_dropout_seed(args);
-  auto [out, lse] =
-      dilated_attention_forward_kernel(query, key, value, config_for(query, key, args, seed));
+  auto [out, lse] = dilated_attention_forward_kernel(
+      query, key, value, mask_or_undefined(key_padding_mask), config_for(query, key, args, seed));
   return {out, lse, pack_rng_state(seed, args, query.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_op(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
-    const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS) {
+    const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS,
+    const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  check_backward_call(grad_output, query, key, value, output, softmax_lse, rng_state, args);
-  check_device_supports(query, args);
+  check_backward_call(grad_output, query, key, value, output, softmax_lse, rng_state, args,
+                      key_padding_mask);
+  check_device_supports(query, args, key_padding_mask);
   check_scores_representable(query, key, args);
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   return dilated_attention_backward_kernel(
-      grad_output, query, key, value, output, softmax_lse,
+      grad_output, query, key, value, mask_or_undefined(key_padding_mask), output, softmax_lse,
       config_for(query, key, args, unpack_dropout_seed(rng_state, args)));
 }
 
 at::Tensor dilated_attention_op(const at::Tensor& query, const at::Tensor& key,
-                                const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS) {
+                                const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
+                                const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  return std::get<0>(args.unpack(
-      [&](auto... shared) { return dilated_attention_forward_op(query, key, value, shared...); }));
+  return std::get<0>(args.unpack([&](auto... shared) {
+    return dilated_attention_forward_op(query, key, value, shared..., key_padding_mask);
+  }));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_dilated_attention_forward(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const AttentionArgs& args) {
+    const AttentionArgs& args, const std::optional<at::Tensor>& key_padding_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dilated_attention::_dilated_attention_forward", "")
                        .typed<decltype(dilated_attention_forward_op)>();
-  return args.unpack([&](auto... shared) { return op.call(query, key, value, shared...); });
+  return args.unpack(
+      [&](auto... shared) { return op.call(query, key, value, shared..., key_padding_mask); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_dilated_attention_backward(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
-    const at::Tensor& rng_state, const AttentionArgs& args) {
+    const at::Tensor& rng_state, const AttentionArgs& args,
+    const std::optional<at::Tensor>& key_padding_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dilated_attention::_dilated_attention_backward", "")
                        .typed<decltype(dilated_attention_backward_op)>();
   return args.unpack([&](auto... shared) {
-    return op.call(grad_output, query, key, value, output, softmax_lse, rng_state, shared...);
+    return op.call(grad_output, query, key, value, output, softmax_lse, rng_state, shared...,
+                   key_padding_mask);
   });
 }
 
@@ -130,17 +141,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_dilated_attention_backward(
 
 TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
   using dilated_attention::attention_args_schema;
+  using dilated_attention::kKeyPaddingMaskSchema;
   using dilated_attention::SchemaDefaults;
   const std::string op = "dilated_attention(Tensor query, Tensor key, Tensor value, " +
-                         attention_args_schema() + ") -> Tensor";
+                         attention_args_schema() + ", " + kKeyPaddingMaskSchema + ") -> Tensor";
   const std::string forward =
       "_dilated_attention_forward(Tensor query, Tensor key, Tensor value, " +
-      attention_args_schema(SchemaDefaults::kWithout) +
+      attention_args_schema(SchemaDefaults::kWithout) + ", " + kKeyPaddingMaskSchema +
       ") -> (Tensor output, Tensor softmax_lse, Tensor rng_state)";
   const std::string backward =
       "_dilated_attention_backward(Tensor grad_output, Tensor query, Tensor key, Tensor value, "
       "Tensor output, Tensor softmax_lse, Tensor rng_state, " +
-      attention_args_schema(SchemaDefaults::kWithout) +
+      attention_args_schema(SchemaDefaults::kWithout) + ", " + kKeyPaddingMaskSchema +
       ") -> (Tensor grad_query, Tensor grad_key, Tensor grad_value)";
   m.def(op.c_str(), {at::Tag::pt2_compliant_tag});
   m.def(forward.c_str(), {at::Tag::pt2_compliant_tag});

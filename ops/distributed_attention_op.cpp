@@ -36,9 +36,11 @@ DistributedCall resolve(c10::string_view group_name, c10::string_view backend) {
 
 // Everything one rank can check alone about a call (no RNG draw, allocation or transfer).
 void check_call(const DistributedCall& call, const at::Tensor& query, const at::Tensor& key,
-                const at::Tensor& value, const AttentionArgs& args) {
+                const at::Tensor& value, const AttentionArgs& args,
+                const std::optional<at::Tensor>& key_padding_mask) {
   check_attention_args(args);
   check_attention_inputs(query, key, value);
+  check_key_padding_mask(query, key_padding_mask);
   check_scale_representable(query, args);
   check_distributed_layout(query, key, args, call.comm->size(), call.backend);
 }
@@ -46,9 +48,10 @@ void check_call(const DistributedCall& call, const at::Tensor& query, const at::
 // For the Meta kernels, which never communicate.
 DistributedCall prepare(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                         const AttentionArgs& args, c10::string_view group_name,
-                        c10::string_view backend) {
+                        c10::string_view backend,
+                        const std::optional<at::Tensor>& key_padding_mask) {
   auto call = resolve(group_name, backend);
-  check_call(call, query, key, value, args);
+  check_call(call, query, key, value, args, key_padding_mask);
   return call;
 }
 
@@ -87,8 +90,9 @@ std::vector<c10::SymInt> lse_sizes_of(const at::Tensor& query, const Distributed
 void check_backward_call(const DistributedCall& call, const at::Tensor& grad_output,
                          const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                          const at::Tensor& output, const at::Tensor& softmax_lse,
-                         const at::Tensor& rng_state, const AttentionArgs& args) {
-  check_call(call, query, key, value, args);
+                         const at::Tensor& rng_state, const AttentionArgs& args,
+                         const std::optional<at::Tensor>& key_padding_mask) {
+  check_call(call, query, key, value, args, key_padding_mask);
   check_backward_inputs(grad_output, query, output, softmax_lse, rng_state,
                         lse_sizes_of(query, call));
 }
@@ -96,9 +100,10 @@ void check_backward_call(const DistributedCall& call, const at::Tensor& grad_out
 // Meta: the output has the query's shape in both contracts.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_meta(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend) {
+    DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend,
+    const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  const auto call = prepare(query, key, value, args, group_name, backend);
+  const auto call = prepare(query, key, value, args, group_name, backend, key_padding_mask);
   auto lse = at::empty_symint(lse_sizes_of(query, call),
                               query.options().dtype(at::toOpMathType(query.scalar_type())));
   return {at::empty_symint(query.sym_sizes(), query.options()), lse,
@@ -109,20 +114,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_me
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
     const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
-    c10::string_view backend) {
+    c10::string_view backend, const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   const auto call = resolve(group_name, backend);
-  check_backward_call(call, grad_output, query, key, value, output, softmax_lse, rng_state, args);
+  check_backward_call(call, grad_output, query, key, value, output, softmax_lse, rng_state, args,
+                      key_padding_mask);
   auto like = [](const at::Tensor& x) { return at::empty_symint(x.sym_sizes(), x.options()); };
   return {like(query), like(key), like(value)};
 }
 
 at::Tensor distributed_attention_meta(const at::Tensor& query, const at::Tensor& key,
                                       const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
-                                      c10::string_view group_name, c10::string_view backend) {
+                                      c10::string_view group_name, c10::string_view backend,
+                                      const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   return std::get<0>(args.unpack([&](auto... shared) {
-    return distributed_attention_forward_meta(query, key, value, shared..., group_name, backend);
+    return distributed_attention_forward_meta(query, key, value, shared..., group_name, backend,
+                                              key_padding_mask);
   }));
 }
 
@@ -130,28 +138,32 @@ at::Tensor distributed_attention_meta(const at::Tensor& query, const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend) {
+    DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend,
+    const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   const auto call = resolve(group_name, backend);
   const auto refusal = refusal_of([&] {
-    check_call(call, query, key, value, args);
-    check_device_supports(query, args);
+    check_call(call, query, key, value, args, key_padding_mask);
+    check_device_supports(query, args, key_padding_mask);
     check_scores_representable(query, key, args);
   });
   const ExclusiveGroupUse group_in_use{std::string(group_name)};
   // Kernels launch on the inputs' device and its current stream.
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
-  check_ranks_agree(comm, query, key, args, call.backend, Pass::kForward, refusal);
+  check_ranks_agree(comm, query, key, key_padding_mask, args, call.backend, Pass::kForward,
+                    refusal);
   const uint64_t seed = draw_dropout_seed(args);
   const auto attention =
       make_attention_config(query.size(2), key.size(2), query.size(3), args, seed);
   comm.reset_bytes_sent();
   auto [out, lse] =
       is_sharded(call.backend)
-          ? sharded_attention_forward(comm, query, key, value,
+          ? sharded_attention_forward(comm, query, key, value, mask_or_undefined(key_padding_mask),
                                       sharded_config(attention, query, call))
-          : replicated_attention_forward(comm, query, key, value, attention, splits_heads(call));
+          : replicated_attention_forward(comm, query, key, value,
+                                         mask_or_undefined(key_padding_mask), attention,
+                                         splits_heads(call));
   record_bytes_sent(comm.bytes_sent());
   return {out, lse, pack_rng_state(seed, args, query.options())};
 }
@@ -160,25 +172,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
     const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
-    c10::string_view backend) {
+    c10::string_view backend, const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   const auto call = resolve(group_name, backend);
   const auto refusal = refusal_of([&] {
-    check_backward_call(call, grad_output, query, key, value, output, softmax_lse, rng_state, args);
-    check_device_supports(query, args);
+    check_backward_call(call, grad_output, query, key, value, output, softmax_lse, rng_state, args,
+                        key_padding_mask);
+    check_device_supports(query, args, key_padding_mask);
     check_scores_representable(query, key, args);
   });
   const ExclusiveGroupUse group_in_use{std::string(group_name)};
   const at::OptionalDeviceGuard device_guard(at::device_of(query));
   auto& comm = *call.comm;
-  check_ranks_agree(comm, query, key, args, call.backend, Pass::kBackward, refusal);
+  check_ranks_agree(comm, query, key, key_padding_mask, args, call.backend, Pass::kBackward,
+                    refusal);
   const auto attention = make_attention_config(query.size(2), key.size(2), query.size(3), args,
                                                unpack_dropout_seed(rng_state, args));
   comm.reset_bytes_sent();
   auto grads = is_sharded(call.backend)
-                   ? sharded_attention_backward(comm, grad_output, query, key, value, output,
+                   ? sharded_attention_backward(comm, grad_output, query, key, value,
+                                                mask_or_undefined(key_padding_mask), output,
                                                 softmax_lse, sharded_config(attention, query, call))
-                   : replicated_attention_backward(comm, grad_output, query, key, value, output,
+                   : replicated_attention_backward(comm, grad_output, query, key, value,
+                                                   mask_or_undefined(key_padding_mask), output,
                                                    softmax_lse, attention, splits_heads(call));
   record_bytes_sent(comm.bytes_sent());
   return grads;
@@ -186,10 +202,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
 
 at::Tensor distributed_attention_op(const at::Tensor& query, const at::Tensor& key,
                                     const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
-                                    c10::string_view group_name, c10::string_view backend) {
+                                    c10::string_view group_name, c10::string_view backend,
+                                    const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   return std::get<0>(args.unpack([&](auto... shared) {
-    return distributed_attention_forward_op(query, key, value, shared..., group_name, backend);
+    return distributed_attention_forward_op(query, key, value, shared..., group_name, backend,
+                                            key_padding_mask);
   }));
 }
 
@@ -212,45 +230,51 @@ void check_before_distributed_call(const at::Tensor& input, const AttentionArgs&
   }
   if (call) {
     const ExclusiveGroupUse group_in_use{target.group_name};
-    check_ranks_agree(*call->comm, input, input, args, call->backend, Pass::kForward, refusal);
+    check_ranks_agree(*call->comm, input, input, std::nullopt, args, call->backend, Pass::kForward,
+                      refusal);
   }
   std::rethrow_exception(refusal);
 }
 
 at::Tensor call_distributed_attention(const at::Tensor& query, const at::Tensor& key,
                                       const at::Tensor& value, const AttentionArgs& args,
-                                      const DistributedTarget& target) {
+                                      const DistributedTarget& target,
+                                      const std::optional<at::Tensor>& key_padding_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention", "")
                        .typed<decltype(distributed_attention_op)>();
   return args.unpack([&](auto... shared) {
-    return op.call(query, key, value, shared..., target.group_name, target.backend);
+    return op.call(query, key, value, shared..., target.group_name, target.backend,
+                   key_padding_mask);
   });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_attention_forward(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const AttentionArgs& args, const DistributedTarget& target) {
+    const AttentionArgs& args, const DistributedTarget& target,
+    const std::optional<at::Tensor>& key_padding_mask) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention_forward", "")
           .typed<decltype(distributed_attention_forward_op)>();
   return args.unpack([&](auto... shared) {
-    return op.call(query, key, value, shared..., target.group_name, target.backend);
+    return op.call(query, key, value, shared..., target.group_name, target.backend,
+                   key_padding_mask);
   });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_attention_backward(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
-    const at::Tensor& rng_state, const AttentionArgs& args, const DistributedTarget& target) {
+    const at::Tensor& rng_state, const AttentionArgs& args, const DistributedTarget& target,
+    const std::optional<at::Tensor>& key_padding_mask) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("dilated_attention::_distributed_dilated_attention_backward", "")
           .typed<decltype(distributed_attention_backward_op)>();
   return args.unpack([&](auto... shared) {
     return op.call(grad_output, query, key, value, output, softmax_lse, rng_state, shared...,
-                   target.group_name, target.backend);
+                   target.group_name, target.backend, key_padding_mask);
   });
 }
 
@@ -258,17 +282,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_attention_backwa
 
 TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
   using dilated_attention::attention_args_schema;
+  using dilated_attention::kKeyPaddingMaskSchema;
   using dilated_attention::SchemaDefaults;
   const std::string inputs = "(Tensor query, Tensor key, Tensor value, " + attention_args_schema() +
-                             ", str group_name=\"\", str backend=\"segment_ring\")";
+                             ", str group_name=\"\", str backend=\"segment_ring\", " +
+                             kKeyPaddingMaskSchema + ")";
   const std::string op = "_distributed_dilated_attention" + inputs + " -> Tensor";
   const std::string forward = "_distributed_dilated_attention_forward" + inputs +
                               " -> (Tensor output, Tensor softmax_lse, Tensor rng_state)";
   const std::string backward =
       "_distributed_dilated_attention_backward(Tensor grad_output, Tensor query, Tensor key, "
       "Tensor value, Tensor output, Tensor softmax_lse, Tensor rng_state, " +
-      attention_args_schema(SchemaDefaults::kWithout) +
-      ", str group_name, str backend) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value)";
+      attention_args_schema(SchemaDefaults::kWithout) + ", str group_name, str backend, " +
+      kKeyPaddingMaskSchema + ") -> (Tensor grad_query, Tensor grad_key, Tensor grad_value)";
   m.def(op.c_str(), {at::Tag::pt2_compliant_tag});
   m.def(forward.c_str(), {at::Tag::pt2_compliant_tag});
   m.def(backward.c_str(), {at::Tag::pt2_compliant_tag});

@@ -8,6 +8,7 @@
 #include <c10/util/string_view.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -16,20 +17,22 @@
 namespace dilated_attention {
 
 // _distributed_dilated_attention(Tensor query, Tensor key, Tensor value, <shared args>,
-//                                str group_name="", str backend="segment_ring") -> Tensor
+//     str group_name="", str backend="segment_ring", Tensor? key_padding_mask=None) -> Tensor
 at::Tensor distributed_attention_op(const at::Tensor& query, const at::Tensor& key,
                                     const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
-                                    c10::string_view group_name, c10::string_view backend);
+                                    c10::string_view group_name, c10::string_view backend,
+                                    const std::optional<at::Tensor>& key_padding_mask);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend);
+    DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name, c10::string_view backend,
+    const std::optional<at::Tensor>& key_padding_mask);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
     const at::Tensor& rng_state, DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
-    c10::string_view backend);
+    c10::string_view backend, const std::optional<at::Tensor>& key_padding_mask);
 
 // Where a distributed call runs: the process group and the schedule.
 struct DistributedTarget {
@@ -48,15 +51,18 @@ void check_before_distributed_call(const at::Tensor& input, const AttentionArgs&
 // Dispatcher calls of the family's ops.
 at::Tensor call_distributed_attention(const at::Tensor& query, const at::Tensor& key,
                                       const at::Tensor& value, const AttentionArgs& args,
-                                      const DistributedTarget& target);
+                                      const DistributedTarget& target,
+                                      const std::optional<at::Tensor>& key_padding_mask);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_attention_forward(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const AttentionArgs& args, const DistributedTarget& target);
+    const AttentionArgs& args, const DistributedTarget& target,
+    const std::optional<at::Tensor>& key_padding_mask);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_distributed_attention_backward(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const at::Tensor& output, const at::Tensor& softmax_lse,
-    const at::Tensor& rng_state, const AttentionArgs& args, const DistributedTarget& target);
+    const at::Tensor& rng_state, const AttentionArgs& args, const DistributedTarget& target,
+    const std::optional<at::Tensor>& key_padding_mask);
 
 }  // namespace dilated_attention

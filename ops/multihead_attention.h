@@ -44,23 +44,28 @@ struct Projections {
 };
 
 // _multihead_dilated_attention(Tensor query, Tensor key, Tensor value, <projections>,
-//   int num_heads, <shared args>, str group_name="", str backend="segment_ring") -> Tensor
+//   int num_heads, <shared args>, str group_name="", str backend="segment_ring",
+//   Tensor? key_padding_mask=None) -> Tensor
 at::Tensor projected_attention_op(const at::Tensor& query, const at::Tensor& key,
                                   const at::Tensor& value, DILATED_ATTENTION_PROJECTIONS_PARAMS,
                                   int64_t num_heads, DILATED_ATTENTION_ARGS_PARAMS,
-                                  c10::string_view group_name, c10::string_view backend);
+                                  c10::string_view group_name, c10::string_view backend,
+                                  const std::optional<at::Tensor>& key_padding_mask);
 
-// The same, with the projections and the shared arguments gathered.
+// The same, with the projections and the shared arguments gathered. key_padding_mask [B, N]
+// masks the keys (the rows of `key`).
 at::Tensor projected_attention(const at::Tensor& query, const at::Tensor& key,
                                const at::Tensor& value, const Projections& projections,
                                int64_t num_heads, const AttentionArgs& args,
-                               const DistributedTarget& target);
+                               const DistributedTarget& target,
+                               const std::optional<at::Tensor>& key_padding_mask);
 
 // Self-attention on x [B, N, E] with one fused [3E, E] projection (q, k, v in that order).
 at::Tensor fused_self_attention(const at::Tensor& x, const at::Tensor& qkv_weight,
                                 const std::optional<at::Tensor>& qkv_bias,
                                 const at::Tensor& out_weight,
                                 const std::optional<at::Tensor>& out_bias, int64_t num_heads,
-                                const AttentionArgs& args, const DistributedTarget& target);
+                                const AttentionArgs& args, const DistributedTarget& target,
+                                const std::optional<at::Tensor>& key_padding_mask);
 
 }  // namespace dilated_attention

@@ -16,20 +16,23 @@ c10::TypedOperatorHandle<Function> handle_of(const char* name) {
 at::Tensor dilated_attention(const at::Tensor& query, const at::Tensor& key,
                              const at::Tensor& value, at::IntArrayRef segment_lengths,
                              at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
-                             std::optional<double> scale) {
+                             std::optional<double> scale,
+                             const std::optional<at::Tensor>& key_padding_mask) {
   static const auto op =
       handle_of<decltype(dilated_attention)>("dilated_attention::dilated_attention");
-  return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale);
+  return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
+                 key_padding_mask);
 }
 
 at::Tensor ring_dilated_attention_hybrid_optimized_v2(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,
-    bool is_causal, std::optional<double> scale, c10::string_view group_name) {
+    bool is_causal, std::optional<double> scale, c10::string_view group_name,
+    const std::optional<at::Tensor>& key_padding_mask) {
   static const auto op = handle_of<decltype(ring_dilated_attention_hybrid_optimized_v2)>(
       "dilated_attention::ring_dilated_attention_hybrid_optimized_v2");
   return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
-                 group_name);
+                 group_name, key_padding_mask);
 }
 
 at::Tensor ring_dilated_attention_production(const at::Tensor& query, const at::Tensor& key,
@@ -37,11 +40,12 @@ at::Tensor ring_dilated_attention_production(const at::Tensor& query, const at::
                                              at::IntArrayRef segment_lengths,
                                              at::IntArrayRef dilation_rates, double dropout_p,
                                              bool is_causal, std::optional<double> scale,
-                                             c10::string_view group_name) {
+                                             c10::string_view group_name,
+                                             const std::optional<at::Tensor>& key_padding_mask) {
   static const auto op = handle_of<decltype(ring_dilated_attention_production)>(
       "dilated_attention::ring_dilated_attention_production");
   return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
-                 group_name);
+                 group_name, key_padding_mask);
 }
 
 }  // namespace dilated_attention

@@ -41,32 +41,43 @@ AttentionConfig heads_config(const AttentionConfig& config, const at::Tensor& q,
   return part;
 }
 
+// This rank's rows of the [B, N] key padding mask (rows split) or all of it (heads split).
+at::Tensor my_padding(const at::Tensor& key_padding_mask, const comm::Communicator& comm,
+                      bool split_heads) {
+  if (!key_padding_mask.defined() || split_heads) return key_padding_mask;
+  return my_part(key_padding_mask, comm, 1);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> replicated_attention_forward(
     comm::Communicator& comm, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const AttentionConfig& config, bool split_heads) {
+    const at::Tensor& key_padding_mask, const AttentionConfig& config, bool split_heads) {
   const int64_t dim = split_heads ? 2 : 1;
+  const auto padding = my_padding(key_padding_mask, comm, split_heads);
   auto [out, lse] =
-      split_heads
-          ? dilated_attention_forward_kernel(my_part(q, comm, dim), my_part(k, comm, dim),
-                                             my_part(v, comm, dim), heads_config(config, q, comm))
-          : sharded_attention_forward(comm, my_part(q, comm, dim), my_part(k, comm, dim),
-                                      my_part(v, comm, dim), rows_config(config, q, comm.size()));
+      split_heads ? dilated_attention_forward_kernel(my_part(q, comm, dim), my_part(k, comm, dim),
+                                                     my_part(v, comm, dim), padding,
+                                                     heads_config(config, q, comm))
+                  : sharded_attention_forward(comm, my_part(q, comm, dim), my_part(k, comm, dim),
+                                              my_part(v, comm, dim), padding,
+                                              rows_config(config, q, comm.size()));
   return {gather_parts(comm, out, dim), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> replicated_attention_backward(
     comm::Communicator& comm, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    const AttentionConfig& config, bool split_heads) {
+    const at::Tensor& v, const at::Tensor& key_padding_mask, const at::Tensor& out,
+    const at::Tensor& lse, const AttentionConfig& config, bool split_heads) {
   const int64_t dim = split_heads ? 2 : 1;
   auto part = [&](const at::Tensor& x) { return my_part(x, comm, dim); };
+  const auto padding = my_padding(key_padding_mask, comm, split_heads);
   auto [gq, gk, gv] =
-      split_heads ? dilated_attention_backward_kernel(part(grad_out), part(q), part(k), part(v),
-                                                      part(out), lse, heads_config(config, q, comm))
-                  : sharded_attention_backward(comm, part(grad_out), part(q), part(k), part(v),
-                                               part(out), lse, rows_config(config, q, comm.size()));
+      split_heads
+          ? dilated_attention_backward_kernel(part(grad_out), part(q), part(k), part(v), padding,
+                                              part(out), lse, heads_config(config, q, comm))
+          : sharded_attention_backward(comm, part(grad_out), part(q), part(k), part(v), padding,
+                                       part(out), lse, rows_config(config, q, comm.size()));
   return {gather_parts(comm, gq, dim), gather_parts(comm, gk, dim), gather_parts(comm, gv, dim)};
 }
 

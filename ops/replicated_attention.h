@@ -17,13 +17,14 @@
 namespace dilated_attention {
 
 // Returns (full output, this rank's log-sum-exp: [B, N/P, H] for rows, [B, N, H/P] for heads).
+// key_padding_mask: the full [B, N] mask (every rank passes all of it), or undefined.
 std::tuple<at::Tensor, at::Tensor> replicated_attention_forward(
     comm::Communicator& comm, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const AttentionConfig& config, bool split_heads);
+    const at::Tensor& key_padding_mask, const AttentionConfig& config, bool split_heads);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> replicated_attention_backward(
     comm::Communicator& comm, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    const AttentionConfig& config, bool split_heads);
+    const at::Tensor& v, const at::Tensor& key_padding_mask, const at::Tensor& out,
+    const at::Tensor& lse, const AttentionConfig& config, bool split_heads);
 
 }  // namespace dilated_attention

@@ -21,16 +21,16 @@ struct ShardedAttentionConfig {
   ExchangeKind exchange = ExchangeKind::kSegmentRing;
 };
 
-// Returns (output [B, n, H, D], log-sum-exp [B, n, H]).
-std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator& comm,
-                                                             const at::Tensor& q,
-                                                             const at::Tensor& k,
-                                                             const at::Tensor& v,
-                                                             const ShardedAttentionConfig& config);
+// key_padding_mask: this rank's rows [B, n] (True = padded key) or undefined; the ranks' masks
+// are gathered once per call, since remote key blocks need their owners' flags. Returns
+// (output [B, n, H, D], log-sum-exp [B, n, H]).
+std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(
+    comm::Communicator& comm, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& key_padding_mask, const ShardedAttentionConfig& config);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
     comm::Communicator& comm, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    const ShardedAttentionConfig& config);
+    const at::Tensor& v, const at::Tensor& key_padding_mask, const at::Tensor& out,
+    const at::Tensor& lse, const ShardedAttentionConfig& config);
 
 }  // namespace dilated_attention

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "kernels/device_kernels.h"
 #include "kernels/index/dilation_plan.h"
@@ -56,8 +57,9 @@ void check_key_value_heads(const at::Tensor& query, const at::Tensor& key,
                     key_heads,
                     "; the number of key/value heads must divide the number of query heads "
                     "(grouped-query attention)");
-  TORCH_CHECK_VALUE(value.sym_size(2) == key_heads, "Shape mismatch at dimension 2: query has size ",
-                    heads, ", key has size ", key_heads, ", value has size ", value.sym_size(2),
+  TORCH_CHECK_VALUE(value.sym_size(2) == key_heads,
+                    "Shape mismatch at dimension 2: query has size ", heads, ", key has size ",
+                    key_heads, ", value has size ", value.sym_size(2),
                     "; key and value must have the same number of heads");
 }
 
@@ -165,15 +167,35 @@ void check_backward_inputs(const at::Tensor& grad_output, const at::Tensor& quer
                     rng_state.sym_sizes(), " of dtype ", rng_state.scalar_type());
 }
 
-void check_device_supports(const at::Tensor& query, const AttentionArgs& args) {
+void check_device_supports(const at::Tensor& query, const AttentionArgs& args,
+                           const std::optional<at::Tensor>& key_padding_mask) {
   kernels_for(query.device().type())
-      .check_supported({query.scalar_type(), query.size(-1), args.uses_dropout()});
+      .check_supported(
+          {query.scalar_type(), query.size(-1), args.uses_dropout(), key_padding_mask.has_value()});
+}
+
+void check_key_padding_mask(const at::Tensor& query,
+                            const std::optional<at::Tensor>& key_padding_mask) {
+  if (!key_padding_mask.has_value()) return;
+  const auto& mask = *key_padding_mask;
+  TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool,
+                    "key_padding_mask must be a bool tensor (True = padding), got dtype ",
+                    mask.scalar_type());
+  const std::vector<c10::SymInt> expected{query.sym_size(0), query.sym_size(1)};
+  TORCH_CHECK_VALUE(
+      mask.dim() == 2 && mask.sym_size(0) == expected[0] && mask.sym_size(1) == expected[1],
+      "key_padding_mask expected shape ", c10::SymIntArrayRef(expected),
+      " ([B, N]: the query's batch and sequence sizes), got ", mask.sym_sizes());
+  TORCH_CHECK_VALUE(mask.device() == query.device(), "Device mismatch: query is on ",
+                    query.device(), ", key_padding_mask is on ", mask.device());
 }
 
 void check_dilated_attention_call(const at::Tensor& query, const at::Tensor& key,
-                                  const at::Tensor& value, const AttentionArgs& args) {
+                                  const at::Tensor& value, const AttentionArgs& args,
+                                  const std::optional<at::Tensor>& key_padding_mask) {
   check_attention_args(args);
   check_attention_inputs(query, key, value);
+  check_key_padding_mask(query, key_padding_mask);
   check_scale_representable(query, args);
   check_sequence_layout(query.sym_size(1), query.sym_size(2), args);
 }

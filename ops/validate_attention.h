@@ -5,6 +5,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 #include "ops/attention_args.h"
 
 namespace dilated_attention {
@@ -32,9 +34,15 @@ void check_scores_representable(const at::Tensor& query, const at::Tensor& key,
 void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,
                            const AttentionArgs& args);
 
-// What the kernels of the query's device can take (dtype, head dim, dropout). Real devices
-// only: Meta tensors stand for any device.
-void check_device_supports(const at::Tensor& query, const AttentionArgs& args);
+// What the kernels of the query's device can take (dtype, head dim, dropout, a key padding
+// mask). Real devices only: Meta tensors stand for any device.
+void check_device_supports(const at::Tensor& query, const AttentionArgs& args,
+                           const std::optional<at::Tensor>& key_padding_mask);
+
+// key_padding_mask: none, or a bool [B, rows] tensor on the query's device, where rows is the
+// query's sequence dimension (this rank's rows for the sharded ops).
+void check_key_padding_mask(const at::Tensor& query,
+                            const std::optional<at::Tensor>& key_padding_mask);
 
 // The tensors the internal backward ops take besides query / key / value, which a caller of
 // torch.ops may pass by hand: grad_output and output of the query's shape, dtype and device;
@@ -46,6 +54,7 @@ void check_backward_inputs(const at::Tensor& grad_output, const at::Tensor& quer
 
 // All of the above but the device and backward checks, for dilated_attention's arguments.
 void check_dilated_attention_call(const at::Tensor& query, const at::Tensor& key,
-                                  const at::Tensor& value, const AttentionArgs& args);
+                                  const at::Tensor& value, const AttentionArgs& args,
+                                  const std::optional<at::Tensor>& key_padding_mask);
 
 }  // namespace dilated_attention

@@ -32,7 +32,7 @@ std::string inputs_of(Signature signature) {
 
 std::string schema_of(const NamedOp& op) {
   return std::string(op.name) + "(" + inputs_of(op.signature) + ", " + attention_args_schema() +
-         ", str group_name=\"\") -> Tensor";
+         ", str group_name=\"\", " + kKeyPaddingMaskSchema + ") -> Tensor";
 }
 
 template <size_t I>
@@ -49,18 +49,21 @@ DistributedTarget target_of(c10::string_view group_name) {
 
 template <size_t I>
 at::Tensor attention_alias(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                           DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name) {
+                           DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
+                           const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-  return call_distributed_attention(query, key, value, args, target_of<I>(group_name));
+  return call_distributed_attention(query, key, value, args, target_of<I>(group_name),
+                                    key_padding_mask);
 }
 
 template <size_t I>
 at::Tensor projected_alias(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                            DILATED_ATTENTION_PROJECTIONS_PARAMS, int64_t num_heads,
-                           DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name) {
+                           DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
+                           const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   return projected_attention(query, key, value, DILATED_ATTENTION_PROJECTIONS_COLLECT(), num_heads,
-                             args, target_of<I>(group_name));
+                             args, target_of<I>(group_name), key_padding_mask);
 }
 
 template <size_t I>
@@ -68,10 +71,11 @@ at::Tensor fused_self_attention_alias(const at::Tensor& x, const at::Tensor& qkv
                                       const std::optional<at::Tensor>& qkv_bias,
                                       const at::Tensor& out_weight,
                                       const std::optional<at::Tensor>& out_bias, int64_t num_heads,
-                                      DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name) {
+                                      DILATED_ATTENTION_ARGS_PARAMS, c10::string_view group_name,
+                                      const std::optional<at::Tensor>& key_padding_mask) {
   const auto args = DILATED_ATTENTION_ARGS_COLLECT();
   return fused_self_attention(x, qkv_weight, qkv_bias, out_weight, out_bias, num_heads, args,
-                              target_of<I>(group_name));
+                              target_of<I>(group_name), key_padding_mask);
 }
 
 template <size_t I>

@@ -13,28 +13,30 @@
 
 namespace dilated_attention {
 
-// Dilated attention of [B, N, H, D] query / key / value (the op
-// dilated_attention::dilated_attention).
+// Dilated attention of [B, N, H, D] query and [B, N, H_kv, D] key / value, H_kv dividing H (the
+// op dilated_attention::dilated_attention). key_padding_mask: bool [B, N], True = padded key.
 at::Tensor dilated_attention(const at::Tensor& query, const at::Tensor& key,
                              const at::Tensor& value, at::IntArrayRef segment_lengths,
                              at::IntArrayRef dilation_rates, double dropout_p = 0.0,
-                             bool is_causal = false, std::optional<double> scale = std::nullopt);
+                             bool is_causal = false, std::optional<double> scale = std::nullopt,
+                             const std::optional<at::Tensor>& key_padding_mask = std::nullopt);
 
 // The recommended sequence-parallel op: this rank's rows [B, N/P, H, D] of q, k, v in, the same
-// rows of the output out. group_name: the c10d group's name ("" = one process).
+// rows of the output out. group_name: the c10d group's name ("" = one process);
+// key_padding_mask: this rank's rows [B, N/P].
 at::Tensor ring_dilated_attention_hybrid_optimized_v2(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p = 0.0,
     bool is_causal = false, std::optional<double> scale = std::nullopt,
-    c10::string_view group_name = "");
+    c10::string_view group_name = "",
+    const std::optional<at::Tensor>& key_padding_mask = std::nullopt);
 
 // The same with the production safeguards (agreement check, bounded waits naming the peer).
-at::Tensor ring_dilated_attention_production(const at::Tensor& query, const at::Tensor& key,
-                                             const at::Tensor& value,
-                                             at::IntArrayRef segment_lengths,
-                                             at::IntArrayRef dilation_rates, double dropout_p = 0.0,
-                                             bool is_causal = false,
-                                             std::optional<double> scale = std::nullopt,
-                                             c10::string_view group_name = "");
+at::Tensor ring_dilated_attention_production(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p = 0.0,
+    bool is_causal = false, std::optional<double> scale = std::nullopt,
+    c10::string_view group_name = "",
+    const std::optional<at::Tensor>& key_padding_mask = std::nullopt);
 
 }  // namespace dilated_attention

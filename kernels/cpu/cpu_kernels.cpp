@@ -3,6 +3,10 @@
 // and any head dim, so nothing is rejected here.
 #include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu.h>
 #include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu_backward.h>
+#include <ATen/ops/zeros.h>
+
+#include <limits>
+#include <optional>
 
 #include "kernels/cpu/dropout_attention_cpu.h"
 #include "kernels/device_kernels.h"
@@ -11,14 +15,24 @@
 namespace dilated_attention {
 namespace {
 
+// ATen's CPU flash kernel takes an additive mask in the query's dtype, broadcast over heads and
+// query rows: [B', 1, 1, Lk] with -inf at padded keys.
+std::optional<at::Tensor> padding_bias(const at::Tensor& q, const BlockOptions& options) {
+  if (!options.key_padding.defined()) return std::nullopt;
+  const auto& padding = options.key_padding;
+  return at::zeros({padding.size(0), 1, 1, padding.size(1)}, q.options())
+      .masked_fill_(padding.view({padding.size(0), 1, 1, padding.size(1)}),
+                    -std::numeric_limits<double>::infinity());
+}
+
 std::tuple<at::Tensor, at::Tensor> cpu_forward(const at::Tensor& q, const at::Tensor& k,
                                                const at::Tensor& v, const BlockOptions& options) {
   if (options.uses_dropout()) {
     return dropout_attention_forward(q, k, v, options.is_causal, options.scale, *options.dropout,
-                                     options.where);
+                                     options.where, options.key_padding);
   }
   return at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, options.is_causal,
-                                                         std::nullopt, options.scale);
+                                                         padding_bias(q, options), options.scale);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_backward(
@@ -26,10 +40,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_backward(
     const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options) {
   if (options.uses_dropout()) {
     return dropout_attention_backward(grad_out, q, k, v, out, lse, options.is_causal, options.scale,
-                                      *options.dropout, options.where);
+                                      *options.dropout, options.where, options.key_padding);
   }
   return at::_scaled_dot_product_flash_attention_for_cpu_backward(
-      grad_out, q, k, v, out, lse, 0.0, options.is_causal, std::nullopt, options.scale);
+      grad_out, q, k, v, out, lse, 0.0, options.is_causal, padding_bias(q, options), options.scale);
 }
 
 void cpu_supports_everything(const KernelRequest&) {}

@@ -58,10 +58,14 @@ at::Tensor keep_factors(int64_t rows, int64_t cols, int64_t first_row, const Sli
   return factors;
 }
 
-// Scaled scores of a query block against all keys, with -inf above the causal diagonal.
+// Scaled scores of a query block against all keys, with -inf above the causal diagonal and at
+// padded keys (`padded`: [Lk] bool, or undefined).
 at::Tensor block_scores(const at::Tensor& q_block, const at::Tensor& key_t, int64_t first_row,
-                        bool is_causal, double scale) {
+                        bool is_causal, double scale, const at::Tensor& padded) {
   auto scores = at::mm(q_block, key_t).mul_(scale);
+  if (padded.defined()) {
+    scores.masked_fill_(padded.unsqueeze(0), -std::numeric_limits<double>::infinity());
+  }
   if (is_causal) {
     const auto opts = scores.options().dtype(at::kLong);
     const auto above = at::arange(scores.size(1), opts).unsqueeze(0) >
@@ -74,12 +78,13 @@ at::Tensor block_scores(const at::Tensor& q_block, const at::Tensor& key_t, int6
 template <typename acc_t>
 void forward_slice(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out,
                    at::Tensor lse, bool is_causal, double scale, const DropoutMask& mask,
-                   const SliceCoordinates& at) {
+                   const SliceCoordinates& at, const at::Tensor& padded) {
   const int64_t query_len = q.size(0), key_len = k.size(0);
   const auto key_t = k.t();
   for (int64_t first = 0; first < query_len; first += kQueryBlock) {
     const int64_t rows = std::min(kQueryBlock, query_len - first);
-    const auto scores = block_scores(q.narrow(0, first, rows), key_t, first, is_causal, scale);
+    const auto scores =
+        block_scores(q.narrow(0, first, rows), key_t, first, is_causal, scale, padded);
     const auto block_lse = at::logsumexp(scores, 1, /*keepdim=*/true);
     lse.narrow(0, first, rows).copy_(block_lse.squeeze(1));
     auto weights = scores.sub_(block_lse).exp_();
@@ -92,7 +97,8 @@ template <typename acc_t>
 void backward_slice(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                     at::Tensor grad_q, at::Tensor grad_k, at::Tensor grad_v, bool is_causal,
-                    double scale, const DropoutMask& mask, const SliceCoordinates& at) {
+                    double scale, const DropoutMask& mask, const SliceCoordinates& at,
+                    const at::Tensor& padded) {
   const int64_t query_len = q.size(0), key_len = k.size(0);
   const auto key_t = k.t();
   const auto value_t = v.t();
@@ -101,7 +107,7 @@ void backward_slice(const at::Tensor& grad_out, const at::Tensor& q, const at::T
     const auto q_block = q.narrow(0, first, rows);
     const auto dout_block = grad_out.narrow(0, first, rows);
     // The globally normalised weights W, recomputed from the saved log-sum-exp.
-    const auto weights = block_scores(q_block, key_t, first, is_causal, scale)
+    const auto weights = block_scores(q_block, key_t, first, is_causal, scale, padded)
                              .sub_(lse.narrow(0, first, rows).unsqueeze(1))
                              .exp_();
     const auto keep = keep_factors<acc_t>(rows, key_len, first, at, mask, weights.options());
@@ -112,6 +118,11 @@ void backward_slice(const at::Tensor& grad_out, const at::Tensor& q, const at::T
     grad_q.narrow(0, first, rows).copy_(at::mm(grad_scores, k).mul_(scale));
     grad_k.addmm_(grad_scores.t(), q_block, /*beta=*/1, /*alpha=*/scale);
   }
+}
+
+// View batch b's padded keys ([Lk] bool), or undefined without a key_padding_mask.
+at::Tensor padded_keys(const at::Tensor& key_padding, int64_t view_batch) {
+  return key_padding.defined() ? key_padding.select(0, view_batch) : at::Tensor();
 }
 
 // Query heads per key/value head of a view pair.
@@ -141,11 +152,9 @@ void for_each_key_value_slice(const at::Tensor& k, const Body& body) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(const at::Tensor& q,
-                                                             const at::Tensor& k,
-                                                             const at::Tensor& v, bool is_causal,
-                                                             double scale, const DropoutMask& mask,
-                                                             const ViewCoordinates& where) {
+std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool is_causal, double scale,
+    const DropoutMask& mask, const ViewCoordinates& where, const at::Tensor& key_padding) {
   const auto acc = at::toOpMathType(q.scalar_type());
   auto out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(acc));
@@ -156,7 +165,7 @@ std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(const at::Tensor& q
       forward_slice<scalar_t>(slice_as(q, b, h, acc), slice_as(k, b, h / share, acc),
                               slice_as(v, b, h / share, acc), out_acc,
                               lse.select(0, b).select(0, h), is_causal, scale, mask,
-                              slice_coordinates(where, b, h));
+                              slice_coordinates(where, b, h), padded_keys(key_padding, b));
       out.select(0, b).select(0, h).copy_(out_acc);
     });
   });
@@ -166,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(const at::Tensor& q
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, bool is_causal, double scale,
-    const DropoutMask& mask, const ViewCoordinates& where) {
+    const DropoutMask& mask, const ViewCoordinates& where, const at::Tensor& key_padding) {
   const auto acc = at::toOpMathType(q.scalar_type());
   auto grad_q = at::empty(q.sizes(), q.options());
   auto grad_k = at::empty(k.sizes(), k.options());
@@ -183,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_attention_backward(
         const auto lse_row = lse.select(0, b).select(0, h).to(acc).contiguous();
         backward_slice<scalar_t>(slice_as(grad_out, b, h, acc), slice_as(q, b, h, acc), key, value,
                                  slice_as(out, b, h, acc), lse_row, dq, dk, dv, is_causal, scale,
-                                 mask, slice_coordinates(where, b, h));
+                                 mask, slice_coordinates(where, b, h), padded_keys(key_padding, b));
         grad_q.select(0, b).select(0, h).copy_(dq);
       }
       grad_k.select(0, b).select(0, kv_head).copy_(dk);

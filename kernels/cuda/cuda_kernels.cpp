@@ -34,6 +34,11 @@ bool flash_fits(at::ScalarType dtype, int64_t head_dim) {
 int64_t efficient_head_dim_multiple(at::ScalarType dtype) { return is_half_type(dtype) ? 8 : 4; }
 
 void cuda_check_supported(const KernelRequest& request) {
+  // ATen's flash kernel takes no mask; the memory-efficient kernel's additive bias would serve,
+  // and waits until it can be checked on a GPU.
+  TORCH_CHECK_VALUE(!request.key_padding_mask,
+                    "key_padding_mask is not supported on CUDA yet; run on the CPU, or pack the "
+                    "sequences without padding");
   TORCH_CHECK_VALUE(!request.dropout,
                     "dropout_p > 0 is not supported on CUDA yet; pass dropout_p=0.0 (eval) or "
                     "run on the CPU");

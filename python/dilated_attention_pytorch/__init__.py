@@ -6,6 +6,7 @@ from ._library import library_path, load_library
 
 load_library()
 
+from . import functional  # noqa: E402
 from .dilated_attention import DilatedAttention  # noqa: E402
 from .factory import create_dilated_attention, create_multihead_dilated_attention  # noqa: E402
 from .head_parallel_dilated_attention import HeadParallelDilatedAttention  # noqa: E402
@@ -49,5 +50,6 @@ __all__ = [
     "create_dilated_attention",
     "create_multihead_dilated_attention",
     "create_production_ring_attention",
+    "functional",
     "library_path",
 ]

@@ -73,10 +73,11 @@ def resolve_key_value_heads(num_heads: int, num_key_value_heads: Optional[int]) 
 
 
 def reject_mask_message(name: str) -> str:
-    """Masks other than causal cannot be honoured by dilated attention: refuse, never ignore."""
+    """Arbitrary masks cannot be honoured by dilated attention: refuse, never ignore."""
     return (
         name + " is not supported by dilated attention (each segment attends within itself); "
-        "pass is_causal=True for causal masking, or None"
+        "pass is_causal=True for causal masking, key_padding_mask= (bool [B, N], True = padding) "
+        "for padded keys, or None"
     )
 
 

@@ -44,11 +44,14 @@ class DistributedAttentionBase(nn.Module):
         self.group_name = resolve_group_name(process_group, ring_size)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                is_causal: bool = False) -> torch.Tensor:
+                is_causal: bool = False,
+                key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """key_padding_mask: bool, True = padding; this rank's rows [B, N/P] for the sharded
+        (ring) classes, the whole [B, N] for the replicated ones."""
         return torch.ops.dilated_attention._distributed_dilated_attention(
             query, key, value, self.segment_lengths, self.dilation_rates,
             self.dropout if self.training else 0.0, is_causal, self.softmax_scale,
-            self.group_name, self.backend)
+            self.group_name, self.backend, key_padding_mask)
 
     def extra_repr(self) -> str:
         return (

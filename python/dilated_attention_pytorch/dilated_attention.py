@@ -43,7 +43,10 @@ class DilatedAttention(nn.Module):
         value: torch.Tensor,
         is_causal: bool = False,
         attention_mask: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        """key_padding_mask: bool [B, N], True where the key is padding (excluded from every
+        softmax; a query that sees no key gets 0)."""
         if attention_mask is not None:
             raise ValueError(reject_mask_message("attention_mask"))
         return torch.ops.dilated_attention.dilated_attention(
@@ -55,6 +58,7 @@ class DilatedAttention(nn.Module):
             self.dropout if self.training else 0.0,
             is_causal,
             self.softmax_scale,
+            key_padding_mask,
         )
 
     def extra_repr(self) -> str:

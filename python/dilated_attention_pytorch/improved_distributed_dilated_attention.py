@@ -67,7 +67,8 @@ class DistributedImprovedMultiheadDilatedAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key: Optional[torch.Tensor] = None,
                 value: Optional[torch.Tensor] = None, is_causal: bool = False,
-                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                attn_mask: Optional[torch.Tensor] = None,
+                key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if attn_mask is not None:
             raise ValueError(reject_mask_message("attn_mask"))
         key = query if key is None else key
@@ -77,4 +78,4 @@ class DistributedImprovedMultiheadDilatedAttention(nn.Module):
             self.k_proj.bias, self.v_proj.weight, self.v_proj.bias, self.out_proj.weight,
             self.out_proj.bias, self.num_heads, self.segment_lengths, self.dilation_rates,
             self.dropout if self.training else 0.0, is_causal, self.softmax_scale,
-            self.group_name, self.backend)
+            self.group_name, self.backend, key_padding_mask)

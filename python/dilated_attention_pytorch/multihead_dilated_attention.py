@@ -107,8 +107,6 @@ class MultiheadDilatedAttention(nn.Module):
         is_causal: bool = False,
         average_attn_weights: bool = True,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-        if key_padding_mask is not None:
-            raise ValueError(reject_mask_message("key_padding_mask"))
         if attn_mask is not None:
             raise ValueError(reject_mask_message("attn_mask"))
         key = query if key is None else key
@@ -119,7 +117,7 @@ class MultiheadDilatedAttention(nn.Module):
         q = self.q_ln(self.q_proj(query)).unflatten(-1, (self.num_heads, self.head_dim))
         k = self.k_ln(self.k_proj(key)).unflatten(-1, (self.num_key_value_heads, self.head_dim))
         v = self.v_proj(value).unflatten(-1, (self.num_key_value_heads, self.head_dim))
-        x = self.attention(q, k, v, is_causal).flatten(-2)
+        x = self.attention(q, k, v, is_causal, key_padding_mask=key_padding_mask).flatten(-2)
         out = self.out_proj(self.q_ln(x))
         if need_weights:
             # Dilated attention never materialises the weights; upstream returned None too.

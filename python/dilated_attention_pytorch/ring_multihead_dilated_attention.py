@@ -91,6 +91,7 @@ class RingMultiheadDilatedAttention(nn.Module):
         need_weights: bool = False,
         attn_mask: Optional[torch.Tensor] = None,
         is_causal: bool = False,
+        key_padding_mask: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if (key is not None and key is not query) or (value is not None and value is not query):
             raise NotImplementedError(
@@ -113,14 +114,14 @@ class RingMultiheadDilatedAttention(nn.Module):
                 k.unflatten(-1, (self.num_key_value_heads, self.head_dim)),
                 v.unflatten(-1, (self.num_key_value_heads, self.head_dim)), self.segment_lengths,
                 self.dilation_rates, dropout_p, is_causal, self.softmax_scale, self.group_name,
-                self.backend)
+                self.backend, key_padding_mask)
             out = self.out_proj(self.norm(attended.flatten(-2)))
         else:
             # OP_NAME (TorchScript needs the op spelled out).
             out = torch.ops.dilated_attention.ring_multihead_dilated_attention(
                 x, self.qkv_proj.weight, self.qkv_proj.bias, self.out_proj.weight,
                 self.out_proj.bias, self.num_heads, self.segment_lengths, self.dilation_rates,
-                dropout_p, is_causal, self.softmax_scale, self.group_name)
+                dropout_p, is_causal, self.softmax_scale, self.group_name, key_padding_mask)
         if not self.batch_first:
             out = out.transpose(0, 1)
         return out, None

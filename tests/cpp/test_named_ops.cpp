@@ -40,7 +40,7 @@ at::Tensor call_named(const char* name, const at::Tensor& q) {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow((std::string("dilated_attention::") + name).c_str(), "")
                 .typed<decltype(dilated_attention::ring_dilated_attention_hybrid_optimized_v2)>();
-  return op.call(q, q, q, {8, 16}, {1, 2}, 0.0, true, std::nullopt, "");
+  return op.call(q, q, q, {8, 16}, {1, 2}, 0.0, true, std::nullopt, "", std::nullopt);
 }
 
 }  // namespace

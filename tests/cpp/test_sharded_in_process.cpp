@@ -86,12 +86,12 @@ std::vector<RankResult> run_sharded(const Case& c, const ShardedAttentionConfig&
         auto& res = results[r];
         comm.reset_bytes_sent();
         std::tie(res.out, res.lse) =
-            sharded_attention_forward(comm, shard(in.q), shard(in.k), shard(in.v), config);
+            sharded_attention_forward(comm, shard(in.q), shard(in.k), shard(in.v), {}, config);
         res.forward_bytes = comm.bytes_sent();
         comm.reset_bytes_sent();
         std::tie(res.grad_q, res.grad_k, res.grad_v) =
             sharded_attention_backward(comm, shard(in.grad_out), shard(in.q), shard(in.k),
-                                       shard(in.v), res.out, res.lse, config);
+                                       shard(in.v), {}, res.out, res.lse, config);
         res.backward_bytes = comm.bytes_sent();
       } catch (...) {
         errors[r] = std::current_exception();
@@ -139,9 +139,9 @@ void check_sharded_against_single_device(torch::TensorOptions options, double to
     const int64_t n = c.seq_len / c.world_size;
     for (bool causal : {false, true}) {
       const auto reference = config_for(c, heads, causal, ExchangeKind::kSegmentRing).attention;
-      auto [out, lse] = dilated_attention_forward_kernel(in.q, in.k, in.v, reference);
+      auto [out, lse] = dilated_attention_forward_kernel(in.q, in.k, in.v, {}, reference);
       auto [gq, gk, gv] =
-          dilated_attention_backward_kernel(in.grad_out, in.q, in.k, in.v, out, lse, reference);
+          dilated_attention_backward_kernel(in.grad_out, in.q, in.k, in.v, {}, out, lse, reference);
       for (auto kind :
            {ExchangeKind::kSegmentRing, ExchangeKind::kFullRing, ExchangeKind::kAllGather}) {
         INFO(c.name << ", P=" << c.world_size << ", causal=" << causal << ", " << kind_name(kind));

@@ -10,6 +10,10 @@ row is computed alone over exactly the keys it sees, forward and through autogra
 
 Grouped-query attention: key and value may have H_kv heads, H_kv dividing H; query head h reads
 key/value head h // (H // H_kv), indexed explicitly (no repeat of the tensors).
+
+Key padding: key_padding_mask [B, N] bool, True = padding. A row sees the keys of its segment's
+index set that causal masking leaves and that are not padding, and nothing else; a row that sees
+no key at all is 0 (and so are its gradients). Computed row by row over explicit index sets.
 """
 
 import math
@@ -67,8 +71,27 @@ def _attend_row_by_row(q, k, v, mask, scale):
     return torch.stack(rows, dim=1)
 
 
+def _attend_padded(q, k, v, mask, padded, scale):
+    """Per batch row b: row i attends over the keys j with mask[i, j] == 0 and not padded[b, j];
+    with none, the row is 0. q, k, v: [B, L, D]; padded: [B, L] bool."""
+    out = []
+    for b in range(q.shape[0]):
+        keep = ~padded[b]
+        rows = []
+        for i in range(q.shape[1]):
+            seen = torch.nonzero((mask[i] == 0) & keep).flatten()
+            if len(seen) == 0:
+                rows.append(q.new_zeros(v.shape[-1]))
+                continue
+            scores = scale * (q[b, i, None, :] * k[b, seen, :]).sum(-1)
+            rows.append((torch.softmax(scores, dim=-1)[:, None] * v[b, seen, :]).sum(0))
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
 def dilated_attention_reference(
-    query, key, value, segment_lengths, dilation_rates, is_causal=False, scale=None
+    query, key, value, segment_lengths, dilation_rates, is_causal=False, scale=None,
+    key_padding_mask=None,
 ):
     """Reference output in float64, shape [B, N, H, D] (no dropout)."""
     q, k, v = (t.to(torch.float64) for t in (query, key, value))
@@ -92,7 +115,12 @@ def dilated_attention_reference(
                     continue
                 idx = torch.tensor(positions, dtype=torch.long)
                 mask = attention_mask(len(positions), is_causal)
-                out_h[:, idx] = _attend(q[:, idx, h], k[:, idx, kv], v[:, idx, kv], mask, scale)
+                if key_padding_mask is None:
+                    out_h[:, idx] = _attend(q[:, idx, h], k[:, idx, kv], v[:, idx, kv], mask,
+                                            scale)
+                else:
+                    out_h[:, idx] = _attend_padded(q[:, idx, h], k[:, idx, kv], v[:, idx, kv],
+                                                   mask, key_padding_mask[:, idx], scale)
             head_outputs.append(out_h)
     if not head_outputs:
         return torch.zeros(batch, seq_len, num_heads, head_dim, dtype=torch.float64)

@@ -9,31 +9,33 @@ EXPECTED = {
         '_dilated_attention_backward(Tensor grad_output, Tensor query, Tensor key, '
         'Tensor value, Tensor output, Tensor softmax_lse, Tensor rng_state, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p, bool is_causal, '
-        'float? scale) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value)'
+        'float? scale, Tensor? key_padding_mask=None) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value)'
     ),
     "_dilated_attention_forward": (
         '_dilated_attention_forward(Tensor query, Tensor key, Tensor value, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p, bool is_causal, '
-        'float? scale) -> (Tensor output, Tensor softmax_lse, Tensor rng_state)'
+        'float? scale, Tensor? key_padding_mask=None) -> (Tensor output, Tensor softmax_lse, Tensor rng_state)'
     ),
     "_distributed_dilated_attention": (
         '_distributed_dilated_attention(Tensor query, Tensor key, Tensor value, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
         'bool is_causal=False, float? scale=None, str group_name="", '
-        'str backend="segment_ring") -> Tensor'
+        'str backend="segment_ring", Tensor? key_padding_mask=None) -> Tensor'
     ),
     "_distributed_dilated_attention_backward": (
         '_distributed_dilated_attention_backward(Tensor grad_output, Tensor query, '
         'Tensor key, Tensor value, Tensor output, Tensor softmax_lse, Tensor rng_state, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p, bool is_causal, '
-        'float? scale, str group_name, str backend) -> (Tensor grad_query, Tensor grad_key, '
+        'float? scale, str group_name, str backend, Tensor? key_padding_mask=None) -> '
+        '(Tensor grad_query, Tensor grad_key, '
         'Tensor grad_value)'
     ),
     "_distributed_dilated_attention_forward": (
         '_distributed_dilated_attention_forward(Tensor query, Tensor key, Tensor value, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
         'bool is_causal=False, float? scale=None, str group_name="", '
-        'str backend="segment_ring") -> (Tensor output, Tensor softmax_lse, Tensor rng_state)'
+        'str backend="segment_ring", Tensor? key_padding_mask=None) -> (Tensor output, '
+        'Tensor softmax_lse, Tensor rng_state)'
     ),
     "_multihead_dilated_attention": (
         '_multihead_dilated_attention(Tensor query, Tensor key, Tensor value, '
@@ -41,7 +43,7 @@ EXPECTED = {
         'Tensor? v_bias, Tensor out_weight, Tensor? out_bias, int num_heads, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
         'bool is_causal=False, float? scale=None, str group_name="", '
-        'str backend="segment_ring") -> Tensor'
+        'str backend="segment_ring", Tensor? key_padding_mask=None) -> Tensor'
     ),
     "bytes_sent_by_last_call": (
         'bytes_sent_by_last_call() -> int'
@@ -49,29 +51,33 @@ EXPECTED = {
     "dilated_attention": (
         'dilated_attention(Tensor query, Tensor key, Tensor value, int[] segment_lengths, '
         'int[] dilation_rates, float dropout_p=0., bool is_causal=False, '
-        'float? scale=None) -> Tensor'
+        'float? scale=None, Tensor? key_padding_mask=None) -> Tensor'
     ),
     "distributed_improved_dilated_attention": (
         'distributed_improved_dilated_attention(Tensor query, Tensor key, Tensor value, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
-        'bool is_causal=False, float? scale=None, str group_name="") -> Tensor'
+        'bool is_causal=False, float? scale=None, str group_name="", '
+        'Tensor? key_padding_mask=None) -> Tensor'
     ),
     "distributed_improved_multihead_dilated_attention": (
         'distributed_improved_multihead_dilated_attention(Tensor query, Tensor key, '
         'Tensor value, Tensor q_weight, Tensor? q_bias, Tensor k_weight, Tensor? k_bias, '
         'Tensor v_weight, Tensor? v_bias, Tensor out_weight, Tensor? out_bias, '
         'int num_heads, int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
-        'bool is_causal=False, float? scale=None, str group_name="") -> Tensor'
+        'bool is_causal=False, float? scale=None, str group_name="", '
+        'Tensor? key_padding_mask=None) -> Tensor'
     ),
     "head_parallel_dilated_attention": (
         'head_parallel_dilated_attention(Tensor query, Tensor key, Tensor value, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
-        'bool is_causal=False, float? scale=None, str group_name="") -> Tensor'
+        'bool is_causal=False, float? scale=None, str group_name="", '
+        'Tensor? key_padding_mask=None) -> Tensor'
     ),
     "hilbert_ring_dilated_attention": (
         'hilbert_ring_dilated_attention(Tensor query, Tensor key, Tensor value, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
-        'bool is_causal=False, float? scale=None, str group_name="") -> Tensor'
+        'bool is_causal=False, float? scale=None, str group_name="", '
+        'Tensor? key_padding_mask=None) -> Tensor'
     ),
     "named_op_table": (
         'named_op_table() -> Dict(str, str?)[]'
@@ -79,28 +85,33 @@ EXPECTED = {
     "ring_dilated_attention_hybrid_optimized": (
         'ring_dilated_attention_hybrid_optimized(Tensor query, Tensor key, Tensor value, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
-        'bool is_causal=False, float? scale=None, str group_name="") -> Tensor'
+        'bool is_causal=False, float? scale=None, str group_name="", '
+        'Tensor? key_padding_mask=None) -> Tensor'
     ),
     "ring_dilated_attention_hybrid_optimized_v2": (
         'ring_dilated_attention_hybrid_optimized_v2(Tensor query, Tensor key, Tensor value, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
-        'bool is_causal=False, float? scale=None, str group_name="") -> Tensor'
+        'bool is_causal=False, float? scale=None, str group_name="", '
+        'Tensor? key_padding_mask=None) -> Tensor'
     ),
     "ring_dilated_attention_production": (
         'ring_dilated_attention_production(Tensor query, Tensor key, Tensor value, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
-        'bool is_causal=False, float? scale=None, str group_name="") -> Tensor'
+        'bool is_causal=False, float? scale=None, str group_name="", '
+        'Tensor? key_padding_mask=None) -> Tensor'
     ),
     "ring_dilated_attention_v2_collective": (
         'ring_dilated_attention_v2_collective(Tensor query, Tensor key, Tensor value, '
         'int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
-        'bool is_causal=False, float? scale=None, str group_name="") -> Tensor'
+        'bool is_causal=False, float? scale=None, str group_name="", '
+        'Tensor? key_padding_mask=None) -> Tensor'
     ),
     "ring_multihead_dilated_attention": (
         'ring_multihead_dilated_attention(Tensor x, Tensor qkv_weight, Tensor? qkv_bias, '
         'Tensor out_weight, Tensor? out_bias, int num_heads, int[] segment_lengths, '
         'int[] dilation_rates, float dropout_p=0., bool is_causal=False, float? scale=None, '
-        'str group_name="") -> Tensor'
+        'str group_name="", '
+        'Tensor? key_padding_mask=None) -> Tensor'
     ),
 }
 # Left out of the build with -DDILATED_ATTENTION_WITHOUT_DEPRECATED=ON (test_build_options.py

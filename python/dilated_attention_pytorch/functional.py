@@ -1,0 +1,28 @@
+"""Functions for users who call functions rather than modules: the library's ops with their
+arguments, nothing hidden (no training flag: pass dropout_p=0.0 in evaluation)."""
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from ._config import as_int_list
+
+
+def dilated_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segment_lengths: Sequence[int],
+    dilation_rates: Sequence[int],
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    key_padding_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Dilated attention of query ``[B, N, H, D]`` and key/value ``[B, N, H_kv, D]`` (H_kv
+    dividing H: grouped-query attention); ``key_padding_mask`` bool ``[B, N]``, True = padding.
+    The op ``torch.ops.dilated_attention.dilated_attention``; the math is in the README."""
+    segments: List[int] = as_int_list(segment_lengths)
+    rates: List[int] = as_int_list(dilation_rates)
+    return torch.ops.dilated_attention.dilated_attention(
+        query, key, value, segments, rates, dropout_p, is_causal, scale, key_padding_mask)
