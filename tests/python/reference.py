@@ -74,6 +74,8 @@ def _attend_row_by_row(q, k, v, mask, scale):
 def _attend_padded(q, k, v, mask, padded, scale):
     """Per batch row b: row i attends over the keys j with mask[i, j] == 0 and not padded[b, j];
     with none, the row is 0. q, k, v: [B, L, D]; padded: [B, L] bool."""
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        return q.new_zeros(q.shape[0], q.shape[1], v.shape[-1])
     out = []
     for b in range(q.shape[0]):
         keep = ~padded[b]

@@ -55,7 +55,7 @@ def randn(shape, dtype, seed):
 
 def multihead_reference(p: Dict[str, torch.Tensor], query, key, value, num_heads, segment_lengths,
                         dilation_rates, is_causal=False, layer_norm=True, eps=1e-5, scale=None,
-                        num_key_value_heads=None):
+                        num_key_value_heads=None, key_padding_mask=None):
     """MultiheadDilatedAttention as the spec states it, in float64:
     q = q_ln(W_q x), k = k_ln(W_k x), v = W_v x; attention; merge heads; q_ln again; out_proj.
     With num_key_value_heads, k and v have that many heads (the reference shares them)."""
@@ -74,13 +74,15 @@ def multihead_reference(p: Dict[str, torch.Tensor], query, key, value, num_heads
     q = norm("q_ln", linear("q_proj", query)).unflatten(-1, (num_heads, head_dim))
     k = norm("k_ln", linear("k_proj", key)).unflatten(-1, (kv_heads, head_dim))
     v = linear("v_proj", value).unflatten(-1, (kv_heads, head_dim))
-    x = dilated_attention_reference(q, k, v, segment_lengths, dilation_rates, is_causal, scale)
+    x = dilated_attention_reference(q, k, v, segment_lengths, dilation_rates, is_causal, scale,
+                                    key_padding_mask)
     return linear("out_proj", norm("q_ln", x.flatten(-2)))
 
 
 def ring_multihead_reference(p: Dict[str, torch.Tensor], x, num_heads, segment_lengths,
                              dilation_rates, is_causal=False, layer_norm=False, eps=1e-5,
-                             scale=None, batch_first=True, num_key_value_heads=None):
+                             scale=None, batch_first=True, num_key_value_heads=None,
+                             key_padding_mask=None):
     """RingMultiheadDilatedAttention in float64: fused qkv_proj (q, k, v along E + 2 * H_kv *
     head_dim), attention, merge heads, optional `norm`, out_proj."""
     if not batch_first:
@@ -93,7 +95,7 @@ def ring_multihead_reference(p: Dict[str, torch.Tensor], x, num_heads, segment_l
     q = q.unflatten(-1, (num_heads, head_dim))
     k, v = (t.unflatten(-1, (kv_heads, head_dim)) for t in (k, v))
     attended = dilated_attention_reference(q, k, v, segment_lengths, dilation_rates, is_causal,
-                                           scale).flatten(-2)
+                                           scale, key_padding_mask).flatten(-2)
     if layer_norm:
         attended = F.layer_norm(attended, (embed_dim,), p["norm.weight"], p["norm.bias"], eps)
     out = F.linear(attended, p["out_proj.weight"], p.get("out_proj.bias"))
