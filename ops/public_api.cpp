@@ -24,6 +24,17 @@ at::Tensor dilated_attention(const at::Tensor& query, const at::Tensor& key,
                  key_padding_mask);
 }
 
+at::Tensor dilated_attention_varlen(const at::Tensor& query, const at::Tensor& key,
+                                    const at::Tensor& value, const at::Tensor& cu_seqlens,
+                                    int64_t max_seqlen, at::IntArrayRef segment_lengths,
+                                    at::IntArrayRef dilation_rates, double dropout_p,
+                                    bool is_causal, std::optional<double> scale) {
+  static const auto op =
+      handle_of<decltype(dilated_attention_varlen)>("dilated_attention::dilated_attention_varlen");
+  return op.call(query, key, value, cu_seqlens, max_seqlen, segment_lengths, dilation_rates,
+                 dropout_p, is_causal, scale);
+}
+
 at::Tensor ring_dilated_attention_hybrid_optimized_v2(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates, double dropout_p,

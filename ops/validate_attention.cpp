@@ -28,15 +28,25 @@ void check_positive(at::IntArrayRef values, const char* name) {
   }
 }
 
-// Which dimensions of `other` must equal the query's: all four, or all but the heads (key and
+// The layout of the attention inputs: [B, N, H, D] (batched) or [T, H, D] (packed sequences).
+struct InputLayout {
+  int64_t dims;
+  int64_t heads_dim;
+  const char* shape;  // appended to "expected 4D tensor", empty for the batched layout
+};
+constexpr InputLayout kBatched{4, 2, ""};
+constexpr InputLayout kPacked{3, 1, " [T, H, D]"};
+
+// Which dimensions of `other` must equal the query's: all, or all but the heads (key and
 // value, whose heads may be shared by several query heads).
 enum class HeadsOf { kQuery, kKeyValue };
 
 void check_like_query(const at::Tensor& query, const at::Tensor& other, const char* name,
-                      HeadsOf heads = HeadsOf::kQuery) {
-  TORCH_CHECK_VALUE(other.dim() == 4, name, " expected 4D tensor, got ", other.dim(), "D");
-  for (int64_t d = 0; d < 4; ++d) {
-    if (d == 2 && heads == HeadsOf::kKeyValue) continue;
+                      HeadsOf heads = HeadsOf::kQuery, const InputLayout& layout = kBatched) {
+  TORCH_CHECK_VALUE(other.dim() == layout.dims, name, " expected ", layout.dims, "D tensor",
+                    layout.shape, ", got ", other.dim(), "D");
+  for (int64_t d = 0; d < layout.dims; ++d) {
+    if (d == layout.heads_dim && heads == HeadsOf::kKeyValue) continue;
     TORCH_CHECK_VALUE(query.sym_size(d) == other.sym_size(d), "Shape mismatch at dimension ", d,
                       ": query has size ", query.sym_size(d), ", ", name, " has size ",
                       other.sym_size(d));
@@ -49,18 +59,30 @@ void check_like_query(const at::Tensor& query, const at::Tensor& other, const ch
 
 // Grouped-query attention: key has H_kv heads with H % H_kv == 0 (H_kv = H: one key head per
 // query head, H_kv = 1: multi-query), and value has key's.
-void check_key_value_heads(const at::Tensor& query, const at::Tensor& key,
-                           const at::Tensor& value) {
-  const auto heads = query.sym_size(2), key_heads = key.sym_size(2);
+void check_key_value_heads(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                           const InputLayout& layout) {
+  const int64_t d = layout.heads_dim;
+  const auto heads = query.sym_size(d), key_heads = key.sym_size(d);
   TORCH_CHECK_VALUE(heads == key_heads || (key_heads > 0 && heads % key_heads == 0),
-                    "Shape mismatch at dimension 2: query has size ", heads, ", key has size ",
-                    key_heads,
+                    "Shape mismatch at dimension ", d, ": query has size ", heads,
+                    ", key has size ", key_heads,
                     "; the number of key/value heads must divide the number of query heads "
                     "(grouped-query attention)");
-  TORCH_CHECK_VALUE(value.sym_size(2) == key_heads,
-                    "Shape mismatch at dimension 2: query has size ", heads, ", key has size ",
-                    key_heads, ", value has size ", value.sym_size(2),
-                    "; key and value must have the same number of heads");
+  TORCH_CHECK_VALUE(value.sym_size(d) == key_heads, "Shape mismatch at dimension ", d,
+                    ": query has size ", heads, ", key has size ", key_heads, ", value has size ",
+                    value.sym_size(d), "; key and value must have the same number of heads");
+}
+
+void check_inputs(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                  const InputLayout& layout) {
+  TORCH_CHECK_VALUE(query.dim() == layout.dims, "query expected ", layout.dims, "D tensor",
+                    layout.shape, ", got ", query.dim(), "D");
+  check_like_query(query, key, "key", HeadsOf::kKeyValue, layout);
+  check_like_query(query, value, "value", HeadsOf::kKeyValue, layout);
+  check_key_value_heads(query, key, value, layout);
+  TORCH_CHECK_VALUE(is_supported_dtype(query.scalar_type()),
+                    "query dtype must be one of float32, float64, bfloat16, float16, got ",
+                    query.scalar_type());
 }
 
 }  // namespace
@@ -83,13 +105,12 @@ void check_attention_args(const AttentionArgs& args) {
 
 void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                             const at::Tensor& value) {
-  TORCH_CHECK_VALUE(query.dim() == 4, "query expected 4D tensor, got ", query.dim(), "D");
-  check_like_query(query, key, "key", HeadsOf::kKeyValue);
-  check_like_query(query, value, "value", HeadsOf::kKeyValue);
-  check_key_value_heads(query, key, value);
-  TORCH_CHECK_VALUE(is_supported_dtype(query.scalar_type()),
-                    "query dtype must be one of float32, float64, bfloat16, float16, got ",
-                    query.scalar_type());
+  check_inputs(query, key, value, kBatched);
+}
+
+void check_packed_attention_inputs(const at::Tensor& query, const at::Tensor& key,
+                                   const at::Tensor& value) {
+  check_inputs(query, key, value, kPacked);
 }
 
 void check_scale_representable(const at::Tensor& query, const AttentionArgs& args) {
@@ -126,32 +147,51 @@ void check_scores_representable(const at::Tensor& query, const at::Tensor& key,
                     std::numeric_limits<float>::max(), "; pass float64 inputs or a smaller scale");
 }
 
-void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,
-                           const AttentionArgs& args) {
-  const auto& segment_lengths = args.segment_lengths;
-  const auto num_groups = static_cast<int64_t>(segment_lengths.size());
+namespace {
+
+void check_enough_heads(const c10::SymInt& num_heads, const AttentionArgs& args) {
+  const auto num_groups = static_cast<int64_t>(args.segment_lengths.size());
   TORCH_CHECK_VALUE(num_heads >= num_groups, "num_heads (", num_heads, ") must be >= num_groups (",
                     num_groups, ")");
+}
+
+void check_group_offset(size_t g, const AttentionArgs& args) {
+  const int64_t rate = args.dilation_rates[g], segment = args.segment_lengths[g];
+  const int64_t offset = group_offset(static_cast<int64_t>(g), rate);
+  TORCH_CHECK_VALUE(offset < segment, "dilation_rates[", g, "] (", rate, ") gives group ", g,
+                    " the offset ", offset, ", which must be smaller than segment_lengths[", g,
+                    "] (", segment, ")");
+}
+
+}  // namespace
+
+void check_head_groups(const c10::SymInt& num_heads, const AttentionArgs& args) {
+  check_enough_heads(num_heads, args);
+  for (size_t g = 0; g < args.segment_lengths.size(); ++g) check_group_offset(g, args);
+}
+
+void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,
+                           const AttentionArgs& args) {
+  check_enough_heads(num_heads, args);
+  const auto& segment_lengths = args.segment_lengths;
   const int64_t largest = *std::max_element(segment_lengths.begin(), segment_lengths.end());
   TORCH_CHECK_VALUE(seq_len % largest == 0, "Sequence length (", seq_len,
-                    ") must be divisible by the largest segment length (", largest, ")");
-  for (int64_t g = 0; g < num_groups; ++g) {
+                    ") must be divisible by the largest segment length (", largest,
+                    "); for a sequence of any length use dilated_attention_varlen with "
+                    "cu_seqlens = [0, N]");
+  for (size_t g = 0; g < segment_lengths.size(); ++g) {
     TORCH_CHECK_VALUE(seq_len % segment_lengths[g] == 0, "Sequence length (", seq_len,
                       ") must be divisible by segment_lengths[", g, "] (", segment_lengths[g], ")");
-    const int64_t rate = args.dilation_rates[g];
-    const int64_t offset = group_offset(g, rate);
-    TORCH_CHECK_VALUE(offset < segment_lengths[g], "dilation_rates[", g, "] (", rate,
-                      ") gives group ", g, " the offset ", offset,
-                      ", which must be smaller than segment_lengths[", g, "] (", segment_lengths[g],
-                      ")");
+    check_group_offset(g, args);
   }
 }
 
 void check_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query,
                            const at::Tensor& output, const at::Tensor& softmax_lse,
                            const at::Tensor& rng_state, c10::SymIntArrayRef lse_sizes) {
-  check_like_query(query, grad_output, "grad_output");
-  check_like_query(query, output, "output");
+  const auto& layout = query.dim() == kPacked.dims ? kPacked : kBatched;
+  check_like_query(query, grad_output, "grad_output", HeadsOf::kQuery, layout);
+  check_like_query(query, output, "output", HeadsOf::kQuery, layout);
   TORCH_CHECK_VALUE(softmax_lse.sym_sizes() == lse_sizes, "softmax_lse expected shape ", lse_sizes,
                     ", got ", softmax_lse.sym_sizes());
   const auto lse_dtype = at::toOpMathType(query.scalar_type());

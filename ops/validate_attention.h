@@ -19,6 +19,10 @@ void check_attention_args(const AttentionArgs& args);
 void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                             const at::Tensor& value);
 
+// The packed layout of dilated_attention_varlen: query [T, H, D], key / value [T, H_kv, D].
+void check_packed_attention_inputs(const at::Tensor& query, const at::Tensor& key,
+                                   const at::Tensor& value);
+
 // scale within the range of the kernels' compute dtype (float32, float64 for float64 inputs).
 void check_scale_representable(const at::Tensor& query, const AttentionArgs& args);
 
@@ -29,7 +33,10 @@ void check_scale_representable(const at::Tensor& query, const AttentionArgs& arg
 void check_scores_representable(const at::Tensor& query, const at::Tensor& key,
                                 const AttentionArgs& args);
 
-// The sequence layout against the config: H >= G, every s_g divides N, offsets inside segments.
+// The heads against the config: H >= G, every group's offset inside its segment.
+void check_head_groups(const c10::SymInt& num_heads, const AttentionArgs& args);
+
+// The sequence layout against the config: check_head_groups, and every s_g divides N.
 // Works on symbolic sizes (Meta / torch.compile) too.
 void check_sequence_layout(const c10::SymInt& seq_len, const c10::SymInt& num_heads,
                            const AttentionArgs& args);

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <cstdint>
 #include <optional>
 
 namespace dilated_attention {
@@ -20,6 +21,16 @@ at::Tensor dilated_attention(const at::Tensor& query, const at::Tensor& key,
                              at::IntArrayRef dilation_rates, double dropout_p = 0.0,
                              bool is_causal = false, std::optional<double> scale = std::nullopt,
                              const std::optional<at::Tensor>& key_padding_mask = std::nullopt);
+
+// Packed variable-length sequences (the op dilated_attention::dilated_attention_varlen): query
+// [T, H, D], key / value [T, H_kv, D], cu_seqlens int32 / int64 [S + 1] from 0 to T; each
+// sequence attended alone, its last segment truncated at its end.
+at::Tensor dilated_attention_varlen(const at::Tensor& query, const at::Tensor& key,
+                                    const at::Tensor& value, const at::Tensor& cu_seqlens,
+                                    int64_t max_seqlen, at::IntArrayRef segment_lengths,
+                                    at::IntArrayRef dilation_rates, double dropout_p = 0.0,
+                                    bool is_causal = false,
+                                    std::optional<double> scale = std::nullopt);
 
 // The recommended sequence-parallel op: this rank's rows [B, N/P, H, D] of q, k, v in, the same
 // rows of the output out. group_name: the c10d group's name ("" = one process);

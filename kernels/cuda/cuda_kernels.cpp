@@ -38,7 +38,7 @@ void cuda_check_supported(const KernelRequest& request) {
   // and waits until it can be checked on a GPU.
   TORCH_CHECK_VALUE(!request.key_padding_mask,
                     "key_padding_mask is not supported on CUDA yet; run on the CPU, or pack the "
-                    "sequences without padding");
+                    "sequences without padding (dilated_attention_varlen)");
   TORCH_CHECK_VALUE(!request.dropout,
                     "dropout_p > 0 is not supported on CUDA yet; pass dropout_p=0.0 (eval) or "
                     "run on the CPU");

@@ -26,3 +26,25 @@ def dilated_attention(
     rates: List[int] = as_int_list(dilation_rates)
     return torch.ops.dilated_attention.dilated_attention(
         query, key, value, segments, rates, dropout_p, is_causal, scale, key_padding_mask)
+
+
+def dilated_attention_varlen(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    segment_lengths: Sequence[int],
+    dilation_rates: Sequence[int],
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Packed variable-length sequences (flash-attn's layout): query ``[T, H, D]``, key/value
+    ``[T, H_kv, D]``, ``cu_seqlens`` int32/int64 ``[S + 1]`` (0, ..., T); sequence i is rows
+    cu_seqlens[i] .. cu_seqlens[i+1], attended alone, its last segment truncated at its end. The
+    op ``torch.ops.dilated_attention.dilated_attention_varlen``."""
+    segments: List[int] = as_int_list(segment_lengths)
+    rates: List[int] = as_int_list(dilation_rates)
+    return torch.ops.dilated_attention.dilated_attention_varlen(
+        query, key, value, cu_seqlens, max_seqlen, segments, rates, dropout_p, is_causal, scale)

@@ -101,3 +101,14 @@ TEST_CASE("the public header's wrappers reach the sharded ops", "[named_ops]") {
       dilated_attention::ring_dilated_attention_production(q, q, q, {8, 16}, {1, 2}), expected, 0.0,
       1e-12));
 }
+
+TEST_CASE("the public header's varlen op on one whole sequence is the core op", "[named_ops]") {
+  torch::manual_seed(1);
+  const auto q = torch::randn({1, 32, 4, 8}, torch::kDouble);
+  const auto kv = torch::randn({1, 32, 2, 8}, torch::kDouble);
+  const auto expected = dilated_attention::dilated_attention(q, kv, kv, {8, 16}, {1, 2}, 0.0, true);
+  const auto cu_seqlens = torch::tensor({0, 32}, torch::kInt);
+  const auto packed = dilated_attention::dilated_attention_varlen(q[0], kv[0], kv[0], cu_seqlens,
+                                                                  32, {8, 16}, {1, 2}, 0.0, true);
+  CHECK(torch::allclose(packed, expected[0], 0.0, 1e-12));
+}

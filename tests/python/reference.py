@@ -127,3 +127,42 @@ def dilated_attention_reference(
     if not head_outputs:
         return torch.zeros(batch, seq_len, num_heads, head_dim, dtype=torch.float64)
     return torch.stack(head_outputs, dim=2) / num_groups
+
+
+def truncated_segment_positions(segment_index, segment_length, dilation_rate, offset, length):
+    """Positions {t*s + o + j*r : o + j*r < s, t*s + o + j*r < length}: the segment ends at the
+    sequence's end when it would run past it."""
+    return [p for p in segment_positions(segment_index, segment_length, dilation_rate, offset)
+            if p < length]
+
+
+def dilated_attention_varlen_reference(query, key, value, cu_seqlens, segment_lengths,
+                                       dilation_rates, is_causal=False, scale=None):
+    """Packed sequences, float64: query [T, H, D], key/value [T, H_kv, D]. Sequence i (rows
+    cu_seqlens[i] .. cu_seqlens[i+1]) alone, positions from its first row; in every group the
+    segments are ceil(L / s_g), the last one truncated at L. Rows no segment covers are 0."""
+    q, k, v = (t.to(torch.float64) for t in (query, key, value))
+    total, num_heads, head_dim = q.shape
+    heads_per_key_value = num_heads // k.shape[1]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    num_groups = len(segment_lengths)
+    starts = [int(c) for c in cu_seqlens]
+    heads_out = []
+    for g, heads in enumerate(head_groups(num_heads, num_groups)):
+        s, r = segment_lengths[g], dilation_rates[g]
+        offset = group_offset(g, r)
+        for h in heads:
+            kv = h // heads_per_key_value
+            out_h = torch.zeros(total, head_dim, dtype=torch.float64)
+            for i in range(len(starts) - 1):
+                begin, length = starts[i], starts[i + 1] - starts[i]
+                for t in range(-(-length // s)):
+                    positions = truncated_segment_positions(t, s, r, offset, length)
+                    if not positions:
+                        continue
+                    idx = torch.tensor([begin + p for p in positions], dtype=torch.long)
+                    mask = attention_mask(len(positions), is_causal)
+                    out_h[idx] = _attend(q[None, idx, h], k[None, idx, kv], v[None, idx, kv],
+                                         mask, scale)[0]
+            heads_out.append(out_h)
+    return torch.stack(heads_out, dim=1) / num_groups

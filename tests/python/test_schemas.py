@@ -45,6 +45,23 @@ EXPECTED = {
         'bool is_causal=False, float? scale=None, str group_name="", '
         'str backend="segment_ring", Tensor? key_padding_mask=None) -> Tensor'
     ),
+    "_dilated_attention_varlen_backward": (
+        '_dilated_attention_varlen_backward(Tensor grad_output, Tensor query, Tensor key, '
+        'Tensor value, Tensor output, Tensor softmax_lse, Tensor rng_state, Tensor cu_seqlens, '
+        'int max_seqlen, int[] segment_lengths, int[] dilation_rates, float dropout_p, '
+        'bool is_causal, float? scale) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value)'
+    ),
+    "_dilated_attention_varlen_forward": (
+        '_dilated_attention_varlen_forward(Tensor query, Tensor key, Tensor value, '
+        'Tensor cu_seqlens, int max_seqlen, int[] segment_lengths, int[] dilation_rates, '
+        'float dropout_p, bool is_causal, float? scale) -> (Tensor output, Tensor softmax_lse, '
+        'Tensor rng_state)'
+    ),
+    "dilated_attention_varlen": (
+        'dilated_attention_varlen(Tensor query, Tensor key, Tensor value, Tensor cu_seqlens, '
+        'int max_seqlen, int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
+        'bool is_causal=False, float? scale=None) -> Tensor'
+    ),
     "bytes_sent_by_last_call": (
         'bytes_sent_by_last_call() -> int'
     ),
