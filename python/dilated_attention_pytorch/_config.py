@@ -77,7 +77,7 @@ def reject_mask_message(name: str) -> str:
     return (
         name + " is not supported by dilated attention (each segment attends within itself); "
         "pass is_causal=True for causal masking, key_padding_mask= (bool [B, N], True = padding) "
-        "for padded keys, or None"
+        "for padded keys, dilated_attention_varlen for packed sequences of any length, or None"
     )
 
 

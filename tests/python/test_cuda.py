@@ -8,7 +8,7 @@ tests/cpp/test_device_kernels.cpp.)
 import pytest
 import torch
 
-from reference import dilated_attention_reference
+from reference import dilated_attention_reference, dilated_attention_varlen_reference
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU: none on this machine"
@@ -116,6 +116,31 @@ def test_sharded_path_with_head_dims_beyond_flash(dtype):
         return ops.ring_dilated_attention_hybrid_optimized_v2(q, k, v, segments, rates, dropout_p,
                                                               is_causal, scale, "")
     _against_reference(ring, *_qkv((1, 32, 2, 264), dtype), [16], [1], True)
+
+
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_varlen_matches_the_reference(dtype, is_causal):
+    """Packed sequences with truncated tails and shared key/value heads (cu_seqlens is read on
+    the host: a sync, by design)."""
+    lengths, segments, rates = [40, 7, 64, 1], [16, 32], [1, 2]
+    total = sum(lengths)
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q = torch.randn(total, 4, 64, generator=gen, device="cuda").to(dtype).requires_grad_()
+    k, v = (torch.randn(total, 2, 64, generator=gen, device="cuda").to(dtype).requires_grad_()
+            for _ in range(2))
+    cu = torch.tensor([0, 40, 47, 111, 112], dtype=torch.int32, device="cuda")
+    out = ops.dilated_attention_varlen(q, k, v, cu, 64, segments, rates, 0.0, is_causal)
+    ref_in = [t.detach().double().cpu().requires_grad_() for t in (q, k, v)]
+    ref = dilated_attention_varlen_reference(*ref_in, cu.cpu(), segments, rates, is_causal)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.double().cpu(), ref, atol=tol, rtol=tol)
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(device="cuda", dtype=dtype))
+    ref.backward(grad)
+    for name, a, b in zip("qkv", (q, k, v), ref_in):
+        torch.testing.assert_close(a.grad.double().cpu(), b.grad, atol=tol, rtol=tol,
+                                   msg=lambda m, name=name: f"grad_{name}: {m}")
 
 
 def test_no_host_sync_in_forward_and_backward():

@@ -49,3 +49,10 @@ def test_head_dim_the_kernels_cannot_take_is_refused():
         lambda: OPS.dilated_attention(*qkv(torch.float32, head_dim=6), [16], [1])
     )
     assert "head_dim (6) must be a multiple of 4" in message
+
+
+def test_key_padding_mask_is_refused_on_cuda():
+    mask = torch.zeros(1, 32, dtype=torch.bool, device="cuda")
+    message = generator_untouched_by(
+        lambda: OPS.dilated_attention(*qkv(), [16], [1], key_padding_mask=mask))
+    assert "key_padding_mask is not supported on CUDA yet" in message

@@ -259,3 +259,18 @@ def test_equals_padding_to_a_whole_segment_with_a_key_padding_mask(causal):
         for i, n in enumerate(lengths):
             torch.testing.assert_close(g[int(cu[i]):int(cu[i + 1])], e[i, :n], atol=1e-12,
                                        rtol=1e-12)
+
+
+def test_a_nan_key_stays_in_its_sequence_and_after_its_position():
+    """Causal: a NaN key at row 5 of sequence 1 reaches that sequence's rows from 5 on in the
+    heads and segments that see it, and nothing in the other sequences."""
+    lengths = [12, 20, 9]
+    q, k, v, grad_out, cu = packed(lengths, 4, 2, 8, torch.float32, seed=11)
+    k[12 + 5, 0] = float("nan")
+    got = run(q, k, v, grad_out, cu, 20, [8, 16], [1, 1], True)
+    expected = reference(q, k, v, grad_out, cu, [8, 16], [1, 1], True)
+    for name, g, e in zip(["out", "dq", "dk", "dv"], got, expected):
+        torch.testing.assert_close(g.double(), e, atol=1e-5, rtol=1e-5, equal_nan=True,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    assert torch.isfinite(got[0][:12 + 5]).all() and torch.isfinite(got[0][32:]).all()
+    assert torch.isnan(got[0][12 + 5]).any()
