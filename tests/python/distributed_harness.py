@@ -234,3 +234,29 @@ def _run_once(worker, world_size, args, timeout, child_env, lib, grace_s, peer_g
         raise DistributedWorkerError(
             f"{len(errors)} of {world_size} ranks of {name} failed{still}:{details}")
     return [results[r] for r in range(world_size)]
+
+
+class SharedRun:
+    """One spawn of `worker` per world size, shared by every test that reads its results (process
+    start-up dominates the cost): the first test to ask runs it, the others reuse its results, and
+    a failed run fails each of them with the same error.
+
+        RUN = SharedRun(my_worker, timeout=240)
+        per_rank = RUN.results(world_size)
+    """
+
+    def __init__(self, worker: Callable, *, timeout: float = 120.0):
+        self._worker, self._timeout = worker, timeout
+        self._outcomes: Dict[int, Any] = {}
+
+    def results(self, world_size: int) -> List[Any]:
+        if world_size not in self._outcomes:
+            try:
+                self._outcomes[world_size] = run_on_ranks(self._worker, world_size,
+                                                          timeout=self._timeout)
+            except Exception as error:  # noqa: BLE001 - re-raised by every test that asks
+                self._outcomes[world_size] = error
+        outcome = self._outcomes[world_size]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome

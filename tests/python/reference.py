@@ -36,6 +36,15 @@ def group_offset(group_index, dilation_rate):
     return group_index % dilation_rate
 
 
+def heads_and_patterns(num_heads, num_key_value_heads, segment_lengths, dilation_rates):
+    """(query head h, the key/value head it reads, s, r, offset) for every head, group by group."""
+    heads_per_key_value = num_heads // num_key_value_heads
+    for g, heads in enumerate(head_groups(num_heads, len(segment_lengths))):
+        s, r = segment_lengths[g], dilation_rates[g]
+        for h in heads:
+            yield h, h // heads_per_key_value, s, r, group_offset(g, r)
+
+
 def segment_positions(segment_index, segment_length, dilation_rate, offset):
     """Positions {t*s + o + j*r : j >= 0, o + j*r < s}, increasing."""
     start = segment_index * segment_length
@@ -100,30 +109,26 @@ def dilated_attention_reference(
     batch, seq_len, num_heads, head_dim = q.shape
     num_key_value_heads = k.shape[2]
     assert v.shape[2] == num_key_value_heads and num_heads % num_key_value_heads == 0
-    heads_per_key_value = num_heads // num_key_value_heads
     num_groups = len(segment_lengths)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
 
     head_outputs = []
-    for g, heads in enumerate(head_groups(num_heads, num_groups)):
-        s, r = segment_lengths[g], dilation_rates[g]
-        offset = group_offset(g, r)
-        for h in heads:
-            kv = h // heads_per_key_value
-            out_h = torch.zeros(batch, seq_len, head_dim, dtype=torch.float64)
-            for t in range(seq_len // s):
-                positions = segment_positions(t, s, r, offset)
-                if not positions:
-                    continue
-                idx = torch.tensor(positions, dtype=torch.long)
-                mask = attention_mask(len(positions), is_causal)
-                if key_padding_mask is None:
-                    out_h[:, idx] = _attend(q[:, idx, h], k[:, idx, kv], v[:, idx, kv], mask,
-                                            scale)
-                else:
-                    out_h[:, idx] = _attend_padded(q[:, idx, h], k[:, idx, kv], v[:, idx, kv],
-                                                   mask, key_padding_mask[:, idx], scale)
-            head_outputs.append(out_h)
+    for h, kv, s, r, offset in heads_and_patterns(num_heads, num_key_value_heads,
+                                                  segment_lengths, dilation_rates):
+        out_h = torch.zeros(batch, seq_len, head_dim, dtype=torch.float64)
+        for t in range(seq_len // s):
+            positions = segment_positions(t, s, r, offset)
+            if not positions:
+                continue
+            idx = torch.tensor(positions, dtype=torch.long)
+            mask = attention_mask(len(positions), is_causal)
+            if key_padding_mask is None:
+                out_h[:, idx] = _attend(q[:, idx, h], k[:, idx, kv], v[:, idx, kv], mask,
+                                        scale)
+            else:
+                out_h[:, idx] = _attend_padded(q[:, idx, h], k[:, idx, kv], v[:, idx, kv],
+                                               mask, key_padding_mask[:, idx], scale)
+        head_outputs.append(out_h)
     if not head_outputs:
         return torch.zeros(batch, seq_len, num_heads, head_dim, dtype=torch.float64)
     return torch.stack(head_outputs, dim=2) / num_groups
@@ -143,26 +148,22 @@ def dilated_attention_varlen_reference(query, key, value, cu_seqlens, segment_le
     segments are ceil(L / s_g), the last one truncated at L. Rows no segment covers are 0."""
     q, k, v = (t.to(torch.float64) for t in (query, key, value))
     total, num_heads, head_dim = q.shape
-    heads_per_key_value = num_heads // k.shape[1]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     num_groups = len(segment_lengths)
     starts = [int(c) for c in cu_seqlens]
     heads_out = []
-    for g, heads in enumerate(head_groups(num_heads, num_groups)):
-        s, r = segment_lengths[g], dilation_rates[g]
-        offset = group_offset(g, r)
-        for h in heads:
-            kv = h // heads_per_key_value
-            out_h = torch.zeros(total, head_dim, dtype=torch.float64)
-            for i in range(len(starts) - 1):
-                begin, length = starts[i], starts[i + 1] - starts[i]
-                for t in range(-(-length // s)):
-                    positions = truncated_segment_positions(t, s, r, offset, length)
-                    if not positions:
-                        continue
-                    idx = torch.tensor([begin + p for p in positions], dtype=torch.long)
-                    mask = attention_mask(len(positions), is_causal)
-                    out_h[idx] = _attend(q[None, idx, h], k[None, idx, kv], v[None, idx, kv],
-                                         mask, scale)[0]
-            heads_out.append(out_h)
+    for h, kv, s, r, offset in heads_and_patterns(num_heads, k.shape[1], segment_lengths,
+                                                  dilation_rates):
+        out_h = torch.zeros(total, head_dim, dtype=torch.float64)
+        for i in range(len(starts) - 1):
+            begin, length = starts[i], starts[i + 1] - starts[i]
+            for t in range(-(-length // s)):
+                positions = truncated_segment_positions(t, s, r, offset, length)
+                if not positions:
+                    continue
+                idx = torch.tensor([begin + p for p in positions], dtype=torch.long)
+                mask = attention_mask(len(positions), is_causal)
+                out_h[idx] = _attend(q[None, idx, h], k[None, idx, kv], v[None, idx, kv],
+                                     mask, scale)[0]
+        heads_out.append(out_h)
     return torch.stack(heads_out, dim=1) / num_groups

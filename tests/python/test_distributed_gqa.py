@@ -9,14 +9,13 @@ shared heads: on configurations whose head groups hold whole sets of sharing hea
 
 from __future__ import annotations
 
-import functools
 import traceback
 import zlib
 
 import pytest
 import torch
 
-from distributed_harness import run_on_ranks
+from distributed_harness import SharedRun, run_on_ranks
 from helpers import deprecated_op, op_param, op_row, ops_with
 
 # name: B, N, H, H_kv, D, segment lengths, dilation rates. "aligned" configs have head groups
@@ -128,19 +127,8 @@ def head_parallel_refusal(ctx):
     return messages
 
 
-@functools.lru_cache(maxsize=None)
-def _spawn(world_size):
-    try:
-        return run_on_ranks(worker, world_size, timeout=240)
-    except Exception as error:  # noqa: BLE001 - re-raised by every test that needs this run
-        return error
-
-
-def results_of(world_size):
-    outcome = _spawn(world_size)
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
+RUN = SharedRun(worker, timeout=240)
+results_of = RUN.results
 
 
 PARAMS = [

@@ -10,14 +10,13 @@ all exercised. Ranks that disagree on passing a mask raise on every rank.
 
 from __future__ import annotations
 
-import functools
 import traceback
 import zlib
 
 import pytest
 import torch
 
-from distributed_harness import run_on_ranks
+from distributed_harness import SharedRun, run_on_ranks
 from helpers import op_param, op_row, ops_with
 
 CONFIGS = {
@@ -137,19 +136,8 @@ def disagreeing_worker(ctx):
         return str(error)
 
 
-@functools.lru_cache(maxsize=None)
-def _spawn(world_size):
-    try:
-        return run_on_ranks(worker, world_size, timeout=240)
-    except Exception as error:  # noqa: BLE001 - re-raised by every test that needs this run
-        return error
-
-
-def results_of(world_size):
-    outcome = _spawn(world_size)
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
+RUN = SharedRun(worker, timeout=240)
+results_of = RUN.results
 
 
 PARAMS = [

@@ -53,6 +53,15 @@ def randn(shape, dtype, seed):
     return torch.randn(*shape, dtype=torch.float64, generator=gen).to(dtype)
 
 
+def perturb_(module, seed=0):
+    """Non-trivial values everywhere (biases and layer-norm affine start at zero / one)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype))
+    return module
+
+
 def multihead_reference(p: Dict[str, torch.Tensor], query, key, value, num_heads, segment_lengths,
                         dilation_rates, is_causal=False, layer_norm=True, eps=1e-5, scale=None,
                         num_key_value_heads=None, key_padding_mask=None):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import dilated_attention_pytorch as dap
-from pkg_helpers import (MULTIHEAD_TOL, compare_with_reference, multihead_reference, randn,
-                         ring_multihead_reference)
+from pkg_helpers import (MULTIHEAD_TOL, compare_with_reference, multihead_reference, perturb_,
+                         randn, ring_multihead_reference)
 from reference import dilated_attention_reference
 
 E, H, SEGS, RATES = 64, 8, [8, 16], [1, 2]
@@ -20,14 +20,6 @@ def mask_of(B, N, seed=0):
     if B > 1:
         mask[1, 8:] = True
     return mask
-
-
-def perturb_(module, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype))
-    return module
 
 
 @pytest.mark.parametrize("make", [

@@ -15,19 +15,10 @@ import torch.nn.functional as F
 import dilated_attention_pytorch as dap
 from helpers import deprecated_op
 from pkg_helpers import (MULTIHEAD_TOL, api_params, compare_with_reference, multihead_reference,
-                         randn, ring_multihead_reference)
+                         perturb_, randn, ring_multihead_reference)
 from reference import dilated_attention_reference
 
 SEGS, RATES = [8, 16], [1, 2]
-
-
-def perturb_(module, seed=0):
-    """Non-trivial values everywhere (biases and layer-norm affine start at zero / one)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype))
-    return module
 
 
 # --------------------------------------------------------------------------------------------
