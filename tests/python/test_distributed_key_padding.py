@@ -54,12 +54,14 @@ def _leaf(x):
     return x.detach().clone().requires_grad_(True)
 
 
-def _check(ctx, op_name, cfg_name, causal):
+def _check(ctx, op_name, cfg_name, causal, dropout_p=0.0):
+    """With dropout the same seed on every rank draws the core op's mask (global coordinates)."""
     cfg = CONFIGS[cfg_name]
     q, k, v, grad, mask = _inputs(cfg, cfg_name)
     leaves = [_leaf(t) for t in (q, k, v)]
+    torch.manual_seed(5)
     core = torch.ops.dilated_attention.dilated_attention(
-        *leaves, cfg["segs"], cfg["rates"], 0.0, causal, None, mask)
+        *leaves, cfg["segs"], cfg["rates"], dropout_p, causal, None, mask)
     core.backward(grad)
     expected = [core.detach(), *(t.grad for t in leaves)]
     sharded = op_row(op_name)["contract"] == "sharded"
@@ -68,7 +70,9 @@ def _check(ctx, op_name, cfg_name, causal):
     part = lambda t: t[:, rows]
     mine = [_leaf(part(t)) for t in (q, k, v)]
     op = getattr(torch.ops.dilated_attention, op_name)
-    out = op(*mine, cfg["segs"], cfg["rates"], 0.0, causal, None, ctx.group_name, part(mask))
+    torch.manual_seed(5)
+    out = op(*mine, cfg["segs"], cfg["rates"], dropout_p, causal, None, ctx.group_name,
+             part(mask))
     out.backward(part(grad))
     failures = []
     for name, g, e in zip(["out", "dq", "dk", "dv"], [out, *(t.grad for t in mine)], expected):
@@ -116,6 +120,12 @@ def worker(ctx):
                     results[key] = _check(ctx, op_name, cfg_name, causal)
                 except Exception:  # noqa: BLE001 - reported by the test of this check
                     results[key] = [f"raised:\n{traceback.format_exc()}"]
+    for op_name in ATTENTION_OPS:  # dropout with a mask, on one configuration
+        key = f"{op_name}|dropout"
+        try:
+            results[key] = _check(ctx, op_name, "s8.16.32-r1.2.4-H4", True, dropout_p=0.3)
+        except Exception:  # noqa: BLE001
+            results[key] = [f"raised:\n{traceback.format_exc()}"]
     for causal in (False, True):
         try:
             results[f"ring_multihead|{causal}"] = _ring_multihead_check(ctx, causal)
@@ -155,6 +165,18 @@ PARAMS = [
 def test_matches_the_core_op_on_the_full_sequence(world_size, op_name, cfg_name, causal):
     key = f"{op_name}|{cfg_name}|{causal}"
     problems = [f"rank {r}: {f}" for r, res in enumerate(results_of(world_size)) for f in res[key]]
+    assert not problems, "\n".join(problems)
+
+
+DROPOUT_PARAMS = [op_param(world_size, op_name, op=op_name, id=f"P{world_size}-{op_name}")
+                  for world_size in WORLD_SIZES for op_name in ATTENTION_OPS
+                  if applies(op_name, CONFIGS["s8.16.32-r1.2.4-H4"], world_size)]
+
+
+@pytest.mark.parametrize("world_size, op_name", DROPOUT_PARAMS)
+def test_dropout_with_a_mask_equals_the_core_op(world_size, op_name):
+    problems = [f"rank {r}: {f}" for r, res in enumerate(results_of(world_size))
+                for f in res[f"{op_name}|dropout"]]
     assert not problems, "\n".join(problems)
 
 

@@ -298,3 +298,20 @@ def test_property_forward_and_gradients_match_the_reference(problem, layout, dty
         e = torch.zeros_like(g, dtype=torch.float64) if e is None else e
         torch.testing.assert_close(g.double(), e, atol=atol * 10, rtol=rtol * 10,
                                    msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+def test_the_projected_multihead_op_masks_the_keys():
+    """_multihead_dilated_attention with a mask (one process) is its projections around the
+    core op with the same mask."""
+    E, H = 16, 4
+    gen = torch.Generator().manual_seed(12)
+    x, y = (torch.randn(2, 16, E, dtype=torch.float64, generator=gen) for _ in range(2))
+    w = [torch.randn(E, E, dtype=torch.float64, generator=gen) / 4 for _ in range(4)]
+    mask = masks(2, 16, 12)
+    out = torch.ops.dilated_attention._multihead_dilated_attention(
+        x, y, y, w[0], None, w[1], None, w[2], None, w[3], None, H, [8, 16], [1, 2], 0.0, True,
+        None, "", "segment_ring", mask)
+    heads = lambda t, i: torch.nn.functional.linear(t, w[i]).unflatten(-1, (H, E // H))
+    attended = OP(heads(x, 0), heads(y, 1), heads(y, 2), [8, 16], [1, 2], 0.0, True, None, mask)
+    torch.testing.assert_close(out, torch.nn.functional.linear(attended.flatten(-2), w[3]),
+                               atol=1e-12, rtol=1e-12)
