@@ -36,6 +36,18 @@ BlockOptions at_unit_scale(const BlockOptions& options) {
   return unit;
 }
 
+// A negative scale: ATen's CPU flash kernel reduces the row maximum before scaling, so with a
+// negative scale the causal mask's -inf becomes +inf and every row is NaN. scale * q.k equals
+// |scale| * (-q).k, so the kernels get the negated queries and a positive scale (and the
+// gradient of q is the negated gradient of -q).
+bool is_negative_scale(const BlockOptions& options) { return options.scale < 0.0; }
+
+BlockOptions at_positive_scale(const BlockOptions& options) {
+  BlockOptions positive = options;
+  positive.scale = -options.scale;
+  return positive;
+}
+
 // A query row holding NaN or +-inf has only NaN (or infinite) scores, so its attention is NaN,
 // as the float64 reference gives. ATen's CPU flash kernel returns 0 for such a row when the
 // block has few keys (under 16 in float32, bf16 and half, under 8 in float64, on AVX2); longer
@@ -146,7 +158,9 @@ std::tuple<at::Tensor, at::Tensor> attend_with_checks(const at::Tensor& q, const
   const auto& kernels = kernels_for(q.device().type());
   const bool zero_scale = is_zero_scale(q, options);
   auto [out, lse] = zero_scale ? kernels.forward(at::zeros_like(q), k, v, at_unit_scale(options))
-                               : kernels.forward(q, k, v, options);
+                    : is_negative_scale(options)
+                        ? kernels.forward(q.neg(), k, v, at_positive_scale(options))
+                        : kernels.forward(q, k, v, options);
   const bool short_block = zero_scale || k.size(2) < kShortKeyBlock;
   const bool judge = (short_block || coverage == KeyCoverage::kPieceOfRow) &&
                      options.may_hold_non_finite && may_hold_non_finite({&k});
@@ -177,6 +191,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attend_backward(
     const auto grads =
         kernels.backward(grad_out, at::zeros_like(q), k, v, out, lse, at_unit_scale(options));
     return {at::zeros_like(q), at::zeros_like(k), std::get<2>(grads)};
+  }
+  if (is_negative_scale(options)) {
+    auto [dq, dk, dv] =
+        kernels.backward(grad_out, q.neg(), k, v, out, lse, at_positive_scale(options));
+    return {dq.neg_(), std::move(dk), std::move(dv)};
   }
   return kernels.backward(grad_out, q, k, v, out, lse, options);
 }
@@ -318,13 +337,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_attention_backward(
       options.key_padding.defined()
           ? lse_in.masked_fill(lse_in.isneginf(), std::numeric_limits<double>::infinity())
           : lse_in;
-  if (options.is_causal && options.may_hold_non_finite) {
-    const auto cuts = causal_cut_points({&grad_out, &q, &out}, {&k, &v});
-    if (!cuts.empty()) {
-      return attend_causal_backward_in_pieces(grad_out, q, k, v, out, lse, options, cuts);
+  auto grads = [&] {
+    if (options.is_causal && options.may_hold_non_finite) {
+      const auto cuts = causal_cut_points({&grad_out, &q, &out}, {&k, &v});
+      if (!cuts.empty()) {
+        return attend_causal_backward_in_pieces(grad_out, q, k, v, out, lse, options, cuts);
+      }
     }
+    return attend_backward(grad_out, q, k, v, out, lse, options);
+  }();
+  if (options.key_padding.defined()) {
+    // exp(s - inf) is NaN, not 0, where the row's query is NaN or inf: a row that sees no key
+    // gets 0 all the same (the padded keys it reaches are zeroed by the callers).
+    std::get<0>(grads).masked_fill_(lse_in.isneginf().unsqueeze(-1), 0.0);
   }
-  return attend_backward(grad_out, q, k, v, out, lse, options);
+  return grads;
 }
 
 }  // namespace dilated_attention

@@ -126,6 +126,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
       group_view(grad_v, kv_group).copy_(gv.mul_(config.output_scale));
     }
   }
+  zero_padded_rows_(grad_k, padding);
+  zero_padded_rows_(grad_v, padding);
   return {grad_q, grad_k, grad_v};
 }
 

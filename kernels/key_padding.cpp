@@ -9,4 +9,9 @@ at::Tensor without_non_finite_padding(const at::Tensor& x, const at::Tensor& key
   return x.masked_fill(key_padding_mask.unsqueeze(-1).unsqueeze(-1), 0.0);
 }
 
+void zero_padded_rows_(at::Tensor& grad, const at::Tensor& key_padding_mask) {
+  if (!key_padding_mask.defined() || grad.numel() == 0) return;
+  grad.masked_fill_(key_padding_mask.unsqueeze(-1).unsqueeze(-1), 0.0);
+}
+
 }  // namespace dilated_attention

@@ -13,4 +13,9 @@ namespace dilated_attention {
 // and x holds one; x itself, no copy, otherwise (and without a mask).
 at::Tensor without_non_finite_padding(const at::Tensor& x, const at::Tensor& key_padding_mask);
 
+// Zeroes the rows of a key or value gradient grad [B, n, h, D] where key_padding_mask [B, n] is
+// True: a padded key is in no softmax, so its gradient is 0, but the kernels compute it as a sum
+// of zero weights times row terms, and 0 * NaN is NaN where a row that sees it is NaN.
+void zero_padded_rows_(at::Tensor& grad, const at::Tensor& key_padding_mask);
+
 }  // namespace dilated_attention

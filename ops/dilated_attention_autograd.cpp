@@ -3,6 +3,7 @@
 // AOTAutograd all see the same graph. Backward recomputes the attention weights from the saved
 // log-sum-exp: memory stays O(B * N * H * D).
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include "ops/dilated_attention_op.h"
@@ -64,4 +65,9 @@ at::Tensor dilated_attention_autograd(const at::Tensor& query, const at::Tensor&
 
 TORCH_LIBRARY_IMPL(dilated_attention, Autograd, m) {
   m.impl("dilated_attention", &dilated_attention::dilated_attention_autograd);
+  // The internal forward / backward ops have no derivative of their own (the public op's
+  // autograd calls them below autograd): called by hand on inputs that require grad, their
+  // outputs say so on backward instead of carrying a graph of ATen's internals.
+  m.impl("_dilated_attention_forward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("_dilated_attention_backward", torch::autograd::autogradNotImplementedFallback());
 }

@@ -2,6 +2,7 @@
 // internal ops, which communicate; backward therefore runs the backend's exchange again and
 // returns key/value gradients to the ranks that own those rows.
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include "ops/distributed_attention_op.h"
@@ -72,4 +73,11 @@ at::Tensor distributed_attention_autograd(const at::Tensor& query, const at::Ten
 
 TORCH_LIBRARY_IMPL(dilated_attention, Autograd, m) {
   m.impl("_distributed_dilated_attention", &dilated_attention::distributed_attention_autograd);
+  // The internal forward / backward ops have no derivative of their own (the public op's
+  // autograd calls them below autograd): called by hand on inputs that require grad, their
+  // outputs say so on backward instead of carrying a graph of ATen's internals.
+  m.impl("_distributed_dilated_attention_forward",
+         torch::autograd::autogradNotImplementedFallback());
+  m.impl("_distributed_dilated_attention_backward",
+         torch::autograd::autogradNotImplementedFallback());
 }

@@ -313,6 +313,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
         .copy_(edge_grad_q[g][e] * output_scale);
   });
   return_key_value_grads(config.exchange, exchange, grads_by_owner, grad_k, grad_v);
+  zero_padded_rows_(grad_k, key_padding_mask);
+  zero_padded_rows_(grad_v, key_padding_mask);
   return {grad_q, grad_k, grad_v};
 }
 

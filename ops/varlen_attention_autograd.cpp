@@ -2,6 +2,7 @@
 // forward and backward are dispatcher calls of the internal ops; backward recomputes the weights
 // from the saved log-sum-exp.
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include "ops/no_double_backward.h"
@@ -59,4 +60,9 @@ at::Tensor varlen_attention_autograd(const at::Tensor& query, const at::Tensor& 
 
 TORCH_LIBRARY_IMPL(dilated_attention, Autograd, m) {
   m.impl("dilated_attention_varlen", &dilated_attention::varlen_attention_autograd);
+  // The internal forward / backward ops have no derivative of their own (the public op's
+  // autograd calls them below autograd): called by hand on inputs that require grad, their
+  // outputs say so on backward instead of carrying a graph of ATen's internals.
+  m.impl("_dilated_attention_varlen_forward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("_dilated_attention_varlen_backward", torch::autograd::autogradNotImplementedFallback());
 }

@@ -264,3 +264,32 @@ def test_property_forward_and_gradients_match_the_reference(problem, layout, dty
     for name, g, e in zip("qkv", got, expected):
         torch.testing.assert_close(g.double(), e, atol=atol * 10, rtol=rtol * 10,
                                    msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("scale", [-1.0, -0.3, -1e-300], ids=str)
+def test_negative_scales_match_the_reference(scale, causal):
+    """ATen's CPU flash kernel gives NaN for a negative scale under causal masking; the blocks
+    pass it the negated queries and |scale| instead (found by the adversarial pass)."""
+    q, k, v, grad_out = gqa_inputs(1, 32, 4, 2, 8, torch.float64, seed=13)
+    got = forward_and_grads(q, k, v, grad_out, [8, 16], [1, 2], causal, scale)
+    expected = forward_and_grads(q, k, v, grad_out, [8, 16], [1, 2], causal, scale,
+                                 op=dilated_attention_reference_op)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-10)
+
+
+def test_internal_forward_ops_refuse_a_derivative_clearly():
+    """Called by hand on inputs that require grad, the internal forward ops say they have no
+    derivative instead of carrying a graph of ATen's internals that fails obscurely."""
+    q = torch.randn(1, 8, 2, 4, requires_grad=True)
+    out, _, _ = torch.ops.dilated_attention._dilated_attention_forward(q, q, q, [8], [1], 0.0,
+                                                                      False, None)
+    with pytest.raises(RuntimeError, match="derivative for dilated_attention::"
+                                           "_dilated_attention_forward is not implemented"):
+        out.sum().backward()
+    packed = torch.randn(8, 2, 4, requires_grad=True)
+    out, _, _ = torch.ops.dilated_attention._dilated_attention_varlen_forward(
+        packed, packed, packed, torch.tensor([0, 8]), 8, [8], [1], 0.0, False, None)
+    with pytest.raises(RuntimeError, match="_dilated_attention_varlen_forward is not implemented"):
+        out.sum().backward()

@@ -315,3 +315,40 @@ def test_the_projected_multihead_op_masks_the_keys():
     attended = OP(heads(x, 0), heads(y, 1), heads(y, 2), [8, 16], [1, 2], 0.0, True, None, mask)
     torch.testing.assert_close(out, torch.nn.functional.linear(attended.flatten(-2), w[3]),
                                atol=1e-12, rtol=1e-12)
+
+
+# ----- found by the adversarial pass -----
+
+@pytest.mark.parametrize("op_name", ["dilated_attention"] + recommended_ops(signature="attention"))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_padded_keys_get_zero_gradients_next_to_a_nan_row(op_name, causal):
+    """A NaN key that rows see makes those rows (and their gradients) NaN, as in the reference,
+    but a padded key is in no softmax: its gradients stay 0."""
+    q = torch.randn(1, 4, 1, 2, dtype=torch.float64, requires_grad=True)
+    k0 = torch.randn(1, 4, 1, 2, dtype=torch.float64)
+    k0[0, 1, 0, 0] = float("nan")
+    k = k0.requires_grad_()
+    v = torch.randn(1, 4, 1, 2, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[False, False, False, True]])
+    op = getattr(torch.ops.dilated_attention, op_name)
+    extra = () if op_name == "dilated_attention" else ("",)
+    op(q, k, v, [4], [1], 0.0, causal, None, *extra, key_padding_mask=mask).sum().backward()
+    assert torch.count_nonzero(k.grad[0, 3]) == 0 and torch.count_nonzero(v.grad[0, 3]) == 0
+    assert torch.isnan(k.grad[0, 1]).any()  # the NaN key itself: NaN, as in the reference
+
+
+@pytest.mark.parametrize("op_name", ["dilated_attention"] + recommended_ops(signature="attention"))
+def test_a_non_finite_query_that_sees_no_key_gets_zero_gradients(op_name):
+    q0 = torch.randn(1, 4, 1, 2, dtype=torch.float64)
+    q0[0, 0] = float("nan")
+    q = q0.requires_grad_()
+    k = torch.randn(1, 4, 1, 2, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 4, 1, 2, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, False, False, False]])  # causal row 0 sees only key 0: padding
+    op = getattr(torch.ops.dilated_attention, op_name)
+    extra = () if op_name == "dilated_attention" else ("",)
+    out = op(q, k, v, [4], [1], 0.0, True, None, *extra, key_padding_mask=mask)
+    out.sum().backward()
+    assert torch.count_nonzero(out[0, 0]) == 0
+    assert torch.count_nonzero(q.grad[0, 0]) == 0 and torch.count_nonzero(k.grad[0, 0]) == 0
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()

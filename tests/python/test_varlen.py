@@ -274,3 +274,12 @@ def test_a_nan_key_stays_in_its_sequence_and_after_its_position():
                                    msg=lambda m, name=name: f"{name}: {m}")
     assert torch.isfinite(got[0][:12 + 5]).all() and torch.isfinite(got[0][32:]).all()
     assert torch.isnan(got[0][12 + 5]).any()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_a_negative_scale_matches_the_reference(causal):
+    q, k, v, grad_out, cu = packed([3, 7, 16], 2, 1, 4, torch.float64, seed=12)
+    got = run(q, k, v, grad_out, cu, 16, [4, 8], [1, 2], causal, scale=-1.0)
+    expected = reference(q, k, v, grad_out, cu, [4, 8], [1, 2], causal, scale=-1.0)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-10)
