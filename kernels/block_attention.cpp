@@ -65,17 +65,6 @@ std::tuple<at::Tensor, at::Tensor> with_rows_marked(const at::Tensor& bad_rows, 
   return {std::move(out), std::move(lse)};
 }
 
-// Rows [B', Lq] that see no key at all: every key they may see (all, or 0..i in a causal block)
-// is padding. Undefined without a key_padding_mask.
-at::Tensor rows_without_keys(const BlockOptions& options, int64_t query_rows) {
-  const auto& padding = options.key_padding;
-  if (!padding.defined()) return {};
-  if (options.is_causal) {  // square: row i sees keys 0..i
-    return padding.to(at::kInt).cumprod(-1).to(at::kBool);
-  }
-  return padding.all(-1, /*keepdim=*/true).expand({padding.size(0), query_rows});
-}
-
 // Such rows give 0, with log-sum-exp -inf (nothing to merge), whatever the kernel returned.
 std::tuple<at::Tensor, at::Tensor> with_rows_without_keys_zeroed(const at::Tensor& no_keys,
                                                                  at::Tensor out, at::Tensor lse) {
@@ -287,6 +276,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attend_causal_backward_in_pieces(
 }
 
 }  // namespace
+
+at::Tensor rows_without_keys(const BlockOptions& options, int64_t query_rows) {
+  const auto& padding = options.key_padding;
+  if (!padding.defined()) return {};
+  if (options.is_causal) {  // square: row i sees keys 0..i
+    return padding.to(at::kInt).cumprod(-1).to(at::kBool);
+  }
+  return padding.all(-1, /*keepdim=*/true).expand({padding.size(0), query_rows});
+}
 
 bool takes_non_finite_handling(const at::Tensor& q, const BlockOptions& options, int64_t keys) {
   return options.is_causal || keys < kShortKeyBlock || is_zero_scale(q, options);

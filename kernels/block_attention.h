@@ -25,6 +25,10 @@ enum class KeyCoverage { kWholeRow, kPieceOfRow };
 // the host (BlockOptions::may_hold_non_finite).
 bool takes_non_finite_handling(const at::Tensor& q, const BlockOptions& options, int64_t keys);
 
+// Rows [B', Lq] that see no key at all: every key they may see (all, or 0..i in a causal block)
+// is padding. Undefined without a key_padding_mask.
+at::Tensor rows_without_keys(const BlockOptions& options, int64_t query_rows);
+
 // Returns (output [B', h, Lq, D] in the input dtype, log-sum-exp [B', h, Lq] in the
 // accumulation dtype). Rows that see no key (options.key_padding) give 0 with log-sum-exp -inf.
 std::tuple<at::Tensor, at::Tensor> block_attention_forward(

@@ -49,6 +49,20 @@ at::Tensor contiguous_or_undefined(const at::Tensor& x) { return x.defined() ? x
 
 }  // namespace
 
+std::vector<DropoutMask> dropout_masks_by_index(const AttentionConfig& config) {
+  int64_t indices = 0;
+  for (const auto& group : config.groups) indices = std::max(indices, group.index + 1);
+  std::vector<DropoutMask> masks;
+  masks.reserve(static_cast<size_t>(indices));
+  for (int64_t i = 0; i < indices; ++i) {
+    const bool per_branch = config.combination == Combination::kLogSumExp;
+    masks.emplace_back(per_branch ? branch_dropout_seed(config.dropout_seed, i)
+                                  : config.dropout_seed,
+                       config.dropout_p);
+  }
+  return masks;
+}
+
 at::Tensor new_attention_result(const at::Tensor& like, const std::vector<HeadGroup>& groups) {
   return leaves_positions_uncovered(groups) ? at::zeros(like.sizes(), like.options())
                                             : at::empty(like.sizes(), like.options());

@@ -10,8 +10,16 @@
 #include <vector>
 
 #include "kernels/index/dilation_plan.h"
+#include "kernels/index/dropout_mask.h"
 
 namespace dilated_attention {
+
+// How the groups' results make the output.
+enum class Combination {
+  kHeadSplit,  // each (position, head) in at most one group; the result times output_scale
+  kLogSumExp,  // LongNet: every branch (HeadGroup::index) covering it, weighted by its
+               // log-sum-exp (kernels/longnet_attention_kernel.h)
+};
 
 struct AttentionConfig {
   // Head ranges index the query heads of the tensors passed in. With shared key/value heads the
@@ -25,7 +33,12 @@ struct AttentionConfig {
   double dropout_p = 0.0;
   uint64_t dropout_seed = 0;
   int64_t global_head_offset = 0;  // head 0 of the tensors is this head of the op (dropout mask)
+  Combination combination = Combination::kHeadSplit;
 };
+
+// The dropout mask of each group index: the call's seed for head-split groups; under kLogSumExp
+// each branch drops its own weights, from branch_dropout_seed.
+std::vector<DropoutMask> dropout_masks_by_index(const AttentionConfig& config);
 
 // q: [B, N, H, D]; k, v: [B, N, H / heads_per_key_value, D]; key_padding_mask [B, N] bool (True =
 // padded key, excluded from every softmax) or undefined. Returns (output [B, N, H, D],

@@ -44,34 +44,48 @@ at::Tensor with_group_viewable_layout(const at::Tensor& x) {
                           dense.storage_offset());
 }
 
+namespace {
+
+// Stride of the merged (batch, segment) dimension: a segment's, which steps into the next
+// batch row only when batch rows follow each other (with_group_viewable_layout); a view with one
+// segment per batch row (a truncated tail of a narrowed sequence) takes the batch stride itself.
+int64_t view_batch_stride(const at::Tensor& x, const HeadGroup& group) {
+  const int64_t batch = x.size(0), seq_len = x.size(1);
+  if (group.num_segments(seq_len) == 1) return x.stride(0);
+  TORCH_INTERNAL_ASSERT(batch <= 1 || x.stride(0) == seq_len * x.stride(1),
+                        "group views merge batch and segments of dense batch rows only");
+  return group.segment_length * x.stride(1);
+}
+
+}  // namespace
+
 at::Tensor group_view(const at::Tensor& x, const HeadGroup& group) {
   TORCH_INTERNAL_ASSERT(x.dim() == 4);
   const int64_t batch = x.size(0), seq_len = x.size(1), head_dim = x.size(3);
   const int64_t seq_stride = x.stride(1), head_stride = x.stride(2);
   const auto view = x.as_strided(
       {batch * group.num_segments(seq_len), group.subset_length(), group.num_heads, head_dim},
-      {group.segment_length * seq_stride, group.dilation_rate * seq_stride, head_stride,
-       x.stride(3)},
+      {view_batch_stride(x, group), group.dilation_rate * seq_stride, head_stride, x.stride(3)},
       x.storage_offset() + group.offset * seq_stride + group.first_head * head_stride);
   return view.transpose(1, 2);
 }
 
 at::Tensor group_rows_view(const at::Tensor& rows, const HeadGroup& group) {
-  TORCH_INTERNAL_ASSERT(rows.dim() == 3 && rows.is_contiguous());
-  const int64_t batch = rows.size(0), seq_len = rows.size(1), num_heads = rows.size(2);
+  TORCH_INTERNAL_ASSERT(rows.dim() == 3);
+  const int64_t batch = rows.size(0), seq_len = rows.size(1);
   return rows.as_strided(
       {batch * group.num_segments(seq_len), group.num_heads, group.subset_length()},
-      {group.segment_length * num_heads, 1, group.dilation_rate * num_heads},
-      rows.storage_offset() + group.offset * num_heads + group.first_head);
+      {view_batch_stride(rows, group), rows.stride(2), group.dilation_rate * rows.stride(1)},
+      rows.storage_offset() + group.offset * rows.stride(1) + group.first_head * rows.stride(2));
 }
 
 at::Tensor group_positions_view(const at::Tensor& flags, const HeadGroup& group) {
   if (!flags.defined()) return flags;
-  TORCH_INTERNAL_ASSERT(flags.dim() == 2 && flags.is_contiguous());
+  TORCH_INTERNAL_ASSERT(flags.dim() == 2);
   const int64_t batch = flags.size(0), seq_len = flags.size(1);
   return flags.as_strided({batch * group.num_segments(seq_len), group.subset_length()},
-                          {group.segment_length, group.dilation_rate},
-                          flags.storage_offset() + group.offset);
+                          {view_batch_stride(flags, group), group.dilation_rate * flags.stride(1)},
+                          flags.storage_offset() + group.offset * flags.stride(1));
 }
 
 }  // namespace dilated_attention

@@ -34,6 +34,21 @@ at::Tensor lse_merge_aten_(at::Tensor& acc_out, const at::Tensor& acc_lse,
   return total;
 }
 
+void merge_into_places(const at::Tensor& acc_out, const at::Tensor& acc_lse, const at::Tensor& out,
+                       const at::Tensor& lse, bool first) {
+  if (first) {
+    acc_out.copy_(masked_rows_zeroed(out, lse));
+    acc_lse.copy_(lse);
+    return;
+  }
+  // The device's merge takes dense accumulators: the places are gathered, merged, put back.
+  auto merged_out = acc_out.contiguous();
+  const auto merged_lse =
+      kernels_for(out.device().type()).merge(merged_out, acc_lse.contiguous(), out, lse);
+  acc_out.copy_(merged_out);
+  acc_lse.copy_(merged_lse);
+}
+
 void LseAccumulator::add(const at::Tensor& out, const at::Tensor& lse) {
   if (empty()) {
     out_ = masked_rows_zeroed(out, lse).contiguous();

@@ -22,6 +22,12 @@ class LseAccumulator {
   at::Tensor out_, lse_;
 };
 
+// A block's out [..., L, D] and lse [..., L] merged into strided places of an accumulator
+// (acc_out, acc_lse: views in the accumulation dtype). `first`: nothing reached these places
+// before (they hold 0 and -inf), so the block is copied, its rows that saw nothing as 0.
+void merge_into_places(const at::Tensor& acc_out, const at::Tensor& acc_lse, const at::Tensor& out,
+                       const at::Tensor& lse, bool first);
+
 // The merge written with ATen operations: device-generic, the reference for fused kernels.
 // acc_out is replaced by the merged output; the merged log-sum-exp is returned.
 at::Tensor lse_merge_aten_(at::Tensor& acc_out, const at::Tensor& acc_lse,

@@ -26,6 +26,18 @@ AttentionConfig make_attention_config(int64_t num_heads, int64_t num_key_value_h
   return config;
 }
 
+AttentionConfig make_longnet_config(int64_t num_heads, int64_t num_key_value_heads,
+                                    int64_t head_dim, int64_t seq_len, const AttentionArgs& args,
+                                    uint64_t dropout_seed) {
+  auto config = make_attention_config(num_heads, num_key_value_heads, head_dim, args, dropout_seed);
+  config.groups = split_at_shared_key_values(
+      make_longnet_groups(num_heads, seq_len, args.segment_lengths, args.dilation_rates),
+      config.heads_per_key_value);
+  config.output_scale = 1.0;
+  config.combination = Combination::kLogSumExp;
+  return config;
+}
+
 uint64_t draw_dropout_seed(const AttentionArgs& args) {
   if (!args.uses_dropout()) return 0;
   auto* generator = at::get_generator_or_default<at::CPUGeneratorImpl>(

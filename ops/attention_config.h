@@ -19,6 +19,12 @@ AttentionConfig make_attention_config(int64_t num_heads, int64_t num_key_value_h
                                       int64_t head_dim, const AttentionArgs& args,
                                       uint64_t dropout_seed);
 
+// The same for longnet_attention over `seq_len` positions: every head in every branch
+// (make_longnet_groups), no output scale.
+AttentionConfig make_longnet_config(int64_t num_heads, int64_t num_key_value_heads,
+                                    int64_t head_dim, int64_t seq_len, const AttentionArgs& args,
+                                    uint64_t dropout_seed);
+
 // A seed from torch's default CPU generator when dropout is on (so torch.manual_seed makes
 // dropout repeatable), 0 otherwise.
 uint64_t draw_dropout_seed(const AttentionArgs& args);

@@ -78,6 +78,7 @@ std::vector<int64_t> refusal_fingerprint() {
 }
 
 std::string op_of(DistributedBackend backend) {
+  if (const char* op = info_of(backend).dedicated_op) return op;
   return backend == DistributedBackend::kCheckedSegmentRing
              ? std::string("ring_dilated_attention_production")
              : "distributed dilated attention (backend '" + std::string(info_of(backend).name) +

@@ -73,6 +73,17 @@ ShardedAttentionConfig sharded_config(const AttentionConfig& attention, const at
   return {attention, {query.size(1) * size, size}, exchange_of(call.backend)};
 }
 
+// The groups and scales of the whole op (N = this rank's rows times P for sharded contracts).
+AttentionConfig attention_config(const at::Tensor& query, const at::Tensor& key,
+                                 const AttentionArgs& args, const DistributedCall& call,
+                                 uint64_t seed) {
+  if (call.backend == DistributedBackend::kLongNetSegmentRing) {
+    return make_longnet_config(query.size(2), key.size(2), query.size(3),
+                               query.size(1) * call.comm->size(), args, seed);
+  }
+  return make_attention_config(query.size(2), key.size(2), query.size(3), args, seed);
+}
+
 bool splits_heads(const DistributedCall& call) {
   return call.backend == DistributedBackend::kReplicatedHeads;
 }
@@ -154,8 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_forward_op(
   check_ranks_agree(comm, query, key, key_padding_mask, args, call.backend, Pass::kForward,
                     refusal);
   const uint64_t seed = draw_dropout_seed(args);
-  const auto attention =
-      make_attention_config(query.size(2), key.size(2), query.size(3), args, seed);
+  const auto attention = attention_config(query, key, args, call, seed);
   comm.reset_bytes_sent();
   auto [out, lse] =
       is_sharded(call.backend)
@@ -186,8 +196,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distributed_attention_backward_op
   auto& comm = *call.comm;
   check_ranks_agree(comm, query, key, key_padding_mask, args, call.backend, Pass::kBackward,
                     refusal);
-  const auto attention = make_attention_config(query.size(2), key.size(2), query.size(3), args,
-                                               unpack_dropout_seed(rng_state, args));
+  const auto attention =
+      attention_config(query, key, args, call, unpack_dropout_seed(rng_state, args));
   comm.reset_bytes_sent();
   auto grads = is_sharded(call.backend)
                    ? sharded_attention_backward(comm, grad_output, query, key, value,

@@ -26,6 +26,7 @@ enum class DistributedBackend {
   kAllGather,           // the K/V rows of spanning segments gathered from every rank at once
   kReplicatedRows,      // full sequence on every rank; each attends its rows, then all_gather
   kReplicatedHeads,     // full sequence on every rank; each attends its heads, then all_gather
+  kLongNetSegmentRing,  // kSegmentRing computing LongNet's combination (ring_longnet_attention)
 };
 
 enum class Contract {
@@ -37,16 +38,28 @@ struct BackendInfo {
   DistributedBackend backend;
   const char* name;  // the `backend` argument of the internal ops
   Contract contract;
+  // The op of its own that runs this backend, outside the named ops' table (their math is the
+  // head-split one); nullptr for the table's backends.
+  const char* dedicated_op = nullptr;
 };
 
-inline constexpr std::array<BackendInfo, 6> kBackends{{
+inline constexpr std::array<BackendInfo, 7> kBackends{{
     {DistributedBackend::kSegmentRing, "segment_ring", Contract::kSharded},
     {DistributedBackend::kFullRing, "full_ring", Contract::kSharded},
     {DistributedBackend::kCheckedSegmentRing, "segment_ring_checked", Contract::kSharded},
     {DistributedBackend::kAllGather, "all_gather", Contract::kSharded},
     {DistributedBackend::kReplicatedRows, "replicated_rows", Contract::kReplicated},
     {DistributedBackend::kReplicatedHeads, "replicated_heads", Contract::kReplicated},
+    {DistributedBackend::kLongNetSegmentRing, "longnet_segment_ring", Contract::kSharded,
+     "ring_longnet_attention"},
 }};
+
+constexpr const BackendInfo& info_of(DistributedBackend backend) {
+  for (const auto& info : kBackends) {
+    if (info.backend == backend) return info;
+  }
+  return kBackends[0];  // unreachable: every enumerator has a row
+}
 
 // How a name's inputs look before the shared attention arguments and group_name.
 enum class Signature {
@@ -96,17 +109,11 @@ constexpr bool is_built(const NamedOp& op) { return kDeprecatedOpsBuilt || !is_d
 
 // A backend that only deprecated names use: built only with them.
 constexpr bool is_legacy(DistributedBackend backend) {
+  if (info_of(backend).dedicated_op != nullptr) return false;
   for (const auto& op : kNamedOps) {
     if (op.backend == backend && !is_deprecated(op)) return false;
   }
   return true;
-}
-
-constexpr const BackendInfo& info_of(DistributedBackend backend) {
-  for (const auto& info : kBackends) {
-    if (info.backend == backend) return info;
-  }
-  return kBackends[0];  // unreachable: every enumerator has a row
 }
 
 // The backend named `name`; ValueError on an unknown name, and on a legacy one in a build

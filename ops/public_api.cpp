@@ -24,6 +24,17 @@ at::Tensor dilated_attention(const at::Tensor& query, const at::Tensor& key,
                  key_padding_mask);
 }
 
+at::Tensor longnet_attention(const at::Tensor& query, const at::Tensor& key,
+                             const at::Tensor& value, at::IntArrayRef segment_lengths,
+                             at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
+                             std::optional<double> scale,
+                             const std::optional<at::Tensor>& key_padding_mask) {
+  static const auto op =
+      handle_of<decltype(longnet_attention)>("dilated_attention::longnet_attention");
+  return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
+                 key_padding_mask);
+}
+
 at::Tensor dilated_attention_varlen(const at::Tensor& query, const at::Tensor& key,
                                     const at::Tensor& value, const at::Tensor& cu_seqlens,
                                     int64_t max_seqlen, at::IntArrayRef segment_lengths,
@@ -42,6 +53,17 @@ at::Tensor ring_dilated_attention_hybrid_optimized_v2(
     const std::optional<at::Tensor>& key_padding_mask) {
   static const auto op = handle_of<decltype(ring_dilated_attention_hybrid_optimized_v2)>(
       "dilated_attention::ring_dilated_attention_hybrid_optimized_v2");
+  return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
+                 group_name, key_padding_mask);
+}
+
+at::Tensor ring_longnet_attention(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, at::IntArrayRef segment_lengths,
+                                  at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,
+                                  std::optional<double> scale, c10::string_view group_name,
+                                  const std::optional<at::Tensor>& key_padding_mask) {
+  static const auto op =
+      handle_of<decltype(ring_longnet_attention)>("dilated_attention::ring_longnet_attention");
   return op.call(query, key, value, segment_lengths, dilation_rates, dropout_p, is_causal, scale,
                  group_name, key_padding_mask);
 }

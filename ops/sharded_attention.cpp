@@ -3,10 +3,16 @@
 #include <ATen/OpMathType.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 
+#include <algorithm>
+#include <limits>
+#include <vector>
+
 #include "kernels/block_attention.h"
+#include "kernels/device_kernels.h"
 #include "kernels/key_padding.h"
 #include "kernels/lse_merge.h"
 #include "kernels/shard_views.h"
@@ -29,7 +35,7 @@ struct ShardContext {
   int64_t begin;  // first sequence position of this shard
   std::vector<GroupShardWork> plan;
   std::vector<HeadGroup> kv_groups;  // the key/value heads of plan[g].group, for k, v, dK, dV
-  DropoutMask mask;
+  std::vector<DropoutMask> masks;    // by HeadGroup::index
   // The key padding mask as [B, n, 1] (this shard) and [B, N, 1] (every rank's, gathered once
   // per call: remote key blocks need their owners' flags), or undefined.
   at::Tensor local_padding, full_padding;
@@ -41,7 +47,7 @@ struct ShardContext {
         begin(c.layout.shard_begin(rank)),
         plan(plan_shard_work(c.attention.groups, c.layout, rank)),
         kv_groups(key_value_groups(c.attention.groups, c.attention.heads_per_key_value)),
-        mask(c.attention.dropout_seed, c.attention.dropout_p) {
+        masks(dropout_masks_by_index(c.attention)) {
     if (!key_padding_mask.defined()) return;
     local_padding = key_padding_mask.contiguous().unsqueeze(-1);
     const auto bytes = key_padding_mask.to(at::kByte).contiguous();
@@ -81,8 +87,11 @@ struct ShardContext {
   at::Tensor edge_rows_without_keys(size_t g, const EdgeSegment& edge) const {
     if (!full_padding.defined()) return {};
     const auto& group = plan[g].group;
-    const auto all = segment_rows_view(full_padding, positions_of(group), edge.segment,
-                                       {0, group.subset_length()}, 0);  // [B, 1, L]
+    // Every rank's rows: the whole segment, or up to N where the sequence truncates it.
+    int64_t rows = 0;
+    for (const auto& owned : edge.rows_of_rank) rows = std::max(rows, owned.first + owned.count);
+    const auto all = segment_rows_view(full_padding, positions_of(group), edge.segment, {0, rows},
+                                       0);  // [B, 1, L]
     const auto none_seen = config.attention.is_causal
                                ? all.to(at::kInt).cumprod(-1).to(at::kBool)
                                : all.all(-1, /*keepdim=*/true).expand_as(all);
@@ -94,7 +103,7 @@ struct ShardContext {
     BlockOptions o;
     o.is_causal = is_causal;
     o.scale = config.attention.scale;
-    o.dropout = &mask;
+    o.dropout = &masks[static_cast<size_t>(group.index)];
     o.where.first_head = config.attention.global_head_offset + group.first_head;
     o.where.step = group.dilation_rate;
     return o;
@@ -147,6 +156,66 @@ struct ShardContext {
   }
 };
 
+// Where the groups' results go. Head-split groups each own their places: results are copied
+// there times the output scale. LongNet's branches cover the same places: results merge into an
+// accumulator in the accumulation dtype by log-sum-exp (-inf where nothing arrived yet), and at
+// the end a row that saw something but nothing above -inf becomes NaN (a softmax over nothing),
+// where the device checks non-finite values on the host; rows without keys stay 0.
+struct ResultLanding {
+  const AttentionConfig& config;
+  at::Tensor out, lse, seen;  // seen: [B, n, H] bool, the rows that saw some key (LongNet)
+  int64_t first_branch = 0;
+
+  ResultLanding(const AttentionConfig& c, const at::Tensor& q) : config(c) {
+    const auto acc = q.options().dtype(at::toOpMathType(q.scalar_type()));
+    const std::vector<int64_t> rows{q.size(0), q.size(1), q.size(2)};
+    if (!combines_branches()) {
+      out = at::zeros_like(q);
+      lse = at::zeros(rows, acc);
+      return;
+    }
+    out = at::zeros(q.sizes(), acc);
+    lse = at::full(rows, -std::numeric_limits<double>::infinity(), acc);
+    if (kernels_for(q.device().type()).checks_non_finite_on_host) {
+      seen = at::zeros(rows, acc.dtype(at::kBool));
+    }
+    first_branch = c.groups.empty() ? 0 : c.groups.front().index;
+  }
+
+  bool combines_branches() const { return config.combination == Combination::kLogSumExp; }
+  bool tracks_seen() const { return seen.defined(); }
+  // A LongNet branch is one part of what its rows see; a head-split group is all of it.
+  KeyCoverage coverage() const {
+    return combines_branches() ? KeyCoverage::kPieceOfRow : KeyCoverage::kWholeRow;
+  }
+
+  // `inner`: the group's segments inside the shard, which land first, group by group, so the
+  // first branch's are the first to reach their places; edge segments land after every inner one.
+  void land(const at::Tensor& out_places, const at::Tensor& lse_places, const at::Tensor& o,
+            const at::Tensor& l, const HeadGroup& group, bool inner) const {
+    if (combines_branches()) {
+      merge_into_places(out_places, lse_places, o, l, inner && group.index == first_branch);
+      return;
+    }
+    out_places.copy_(o * config.output_scale);
+    lse_places.copy_(l);
+  }
+
+  // no_keys: [B', L] or [B', 1, L] rows that see no key (undefined: every row sees one).
+  static void mark_seen(const at::Tensor& seen_places, const at::Tensor& no_keys) {
+    if (!no_keys.defined()) {
+      seen_places.fill_(true);
+      return;
+    }
+    seen_places.logical_or_((no_keys.dim() == 2 ? no_keys.unsqueeze(1) : no_keys).logical_not());
+  }
+
+  std::tuple<at::Tensor, at::Tensor> finish(at::ScalarType dtype) {
+    if (tracks_seen()) std::tie(out, lse) = with_unseen_rows_as_nan(out, lse, seen.logical_not());
+    return {out.to(dtype), lse};
+  }
+};
+
 template <typename Body>
 void for_each_edge(const ShardContext& shard, const Body& body) {
   for (size_t g = 0; g < shard.plan.size(); ++g) {
@@ -166,10 +235,9 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
   const auto k = without_non_finite_padding(k_in, key_padding_mask).contiguous();
   const auto v = without_non_finite_padding(v_in, key_padding_mask).contiguous();
   const ShardContext shard(comm, config, key_padding_mask);
-  const double output_scale = config.attention.output_scale;
-  auto out = at::zeros_like(q);
-  auto lse = at::zeros({q.size(0), q.size(1), q.size(2)},
-                       q.options().dtype(at::toOpMathType(q.scalar_type())));
+  ResultLanding landing(config.attention, q);
+  auto& out = landing.out;
+  auto& lse = landing.lse;
   // Transfers start first, so they fly while the local work below runs.
   auto stream = open_key_value_stream(config.exchange, shard.exchange(comm), k, v);
 
@@ -183,13 +251,18 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
     const auto& kv = shard.kv_groups[g];
     const auto qs = run(q, work.group), ks = run(k, kv), vs = run(v, kv),
                outs = run(out, work.group), lses = run(lse, work.group);
+    const auto seens = landing.tracks_seen() ? run(landing.seen, work.group)
+                                             : std::vector<SegmentRunView>();
     const auto pads = shard.inner_padding(work);
     for (size_t i = 0; i < qs.size(); ++i) {
       auto options = shard.inner_options(work, qs[i].first_batch);
       options.key_padding = pads.empty() ? at::Tensor() : pads[i];
-      auto [o, l] = block_attention_forward(qs[i].view, ks[i].view, vs[i].view, options);
-      outs[i].view.copy_(o.mul_(output_scale));
-      lses[i].view.copy_(l);
+      auto [o, l] = block_attention_forward(qs[i].view, ks[i].view, vs[i].view, options,
+                                            landing.coverage());
+      landing.land(outs[i].view, lses[i].view, o, l, work.group, /*inner=*/true);
+      if (landing.tracks_seen()) {
+        landing.mark_seen(seens[i].view, rows_without_keys(options, qs[i].view.size(2)));
+      }
     }
   }
 
@@ -219,12 +292,21 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
   }
   for_each_edge(shard, [&](size_t g, size_t e) {
     const auto& edge = shard.plan[g].edge_segments[e];
-    const auto [merged_out, merged_lse] = with_unseen_rows_as_nan(
-        merged[g][e].out(), merged[g][e].lse(), shard.edge_rows_without_keys(g, edge));
-    shard.edge_rows(out, g, edge).copy_(merged_out * output_scale);
-    shard.edge_rows(lse, g, edge).copy_(merged_lse);
+    const auto no_keys = shard.edge_rows_without_keys(g, edge);
+    if (landing.combines_branches()) {
+      // A branch's rows are one part of what the combination's rows see: finished at the end.
+      landing.land(shard.edge_rows(out, g, edge), shard.edge_rows(lse, g, edge),
+                   merged[g][e].out(), merged[g][e].lse(), shard.plan[g].group,
+                   /*inner=*/false);
+      if (landing.tracks_seen()) landing.mark_seen(shard.edge_rows(landing.seen, g, edge), no_keys);
+      return;
+    }
+    const auto [merged_out, merged_lse] =
+        with_unseen_rows_as_nan(merged[g][e].out(), merged[g][e].lse(), no_keys);
+    landing.land(shard.edge_rows(out, g, edge), shard.edge_rows(lse, g, edge), merged_out,
+                 merged_lse, shard.plan[g].group, /*inner=*/false);
   });
-  return {out, lse};
+  return landing.finish(q.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
@@ -262,9 +344,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
       options.key_padding = pads.empty() ? at::Tensor() : pads[i];
       auto [gq, gk, gv] = block_attention_backward(dos[i].view, qs[i].view, ks[i].view, vs[i].view,
                                                    os[i].view, ls[i].view, options);
-      dqs[i].view.copy_(gq.mul_(output_scale));
-      // Added, not copied: a shared key/value head collects the gradients of every group
-      // reading it (grad_k and grad_v start at zero).
+      // Added, not copied: every LongNet branch covering a row adds to its gradient, and a shared
+      // key/value head collects the gradients of every group reading it (all start at zero).
+      dqs[i].view.add_(gq.mul_(output_scale));
       dks[i].view.add_(gk.mul_(output_scale));
       dvs[i].view.add_(gv.mul_(output_scale));
     }
@@ -310,7 +392,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
   }
   for_each_edge(shard, [&](size_t g, size_t e) {
     shard.edge_rows(grad_q, g, shard.plan[g].edge_segments[e])
-        .copy_(edge_grad_q[g][e] * output_scale);
+        .add_(edge_grad_q[g][e] * output_scale);
   });
   return_key_value_grads(config.exchange, exchange, grads_by_owner, grad_k, grad_v);
   zero_padded_rows_(grad_k, key_padding_mask);

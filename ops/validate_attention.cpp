@@ -240,4 +240,13 @@ void check_dilated_attention_call(const at::Tensor& query, const at::Tensor& key
   check_sequence_layout(query.sym_size(1), query.sym_size(2), args);
 }
 
+void check_longnet_attention_call(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, const AttentionArgs& args,
+                                  const std::optional<at::Tensor>& key_padding_mask) {
+  check_attention_args(args);
+  check_attention_inputs(query, key, value);
+  check_key_padding_mask(query, key_padding_mask);
+  check_scale_representable(query, args);
+}
+
 }  // namespace dilated_attention

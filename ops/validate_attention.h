@@ -64,4 +64,10 @@ void check_dilated_attention_call(const at::Tensor& query, const at::Tensor& key
                                   const at::Tensor& value, const AttentionArgs& args,
                                   const std::optional<at::Tensor>& key_padding_mask);
 
+// The same for longnet_attention, which takes any sequence length and any number of heads (a
+// branch's segments end at N, an offset without heads is empty): no layout check.
+void check_longnet_attention_call(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, const AttentionArgs& args,
+                                  const std::optional<at::Tensor>& key_padding_mask);
+
 }  // namespace dilated_attention

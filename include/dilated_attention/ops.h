@@ -32,6 +32,15 @@ at::Tensor dilated_attention_varlen(const at::Tensor& query, const at::Tensor& k
                                     bool is_causal = false,
                                     std::optional<double> scale = std::nullopt);
 
+// LongNet's combination (the op dilated_attention::longnet_attention): every head in every
+// (segment, rate) branch, branches weighted by their softmax denominators; any N (a branch's
+// last segment ends at N). Shapes and key_padding_mask as dilated_attention's.
+at::Tensor longnet_attention(const at::Tensor& query, const at::Tensor& key,
+                             const at::Tensor& value, at::IntArrayRef segment_lengths,
+                             at::IntArrayRef dilation_rates, double dropout_p = 0.0,
+                             bool is_causal = false, std::optional<double> scale = std::nullopt,
+                             const std::optional<at::Tensor>& key_padding_mask = std::nullopt);
+
 // The recommended sequence-parallel op: this rank's rows [B, N/P, H, D] of q, k, v in, the same
 // rows of the output out. group_name: the c10d group's name ("" = one process);
 // key_padding_mask: this rank's rows [B, N/P].
@@ -41,6 +50,16 @@ at::Tensor ring_dilated_attention_hybrid_optimized_v2(
     bool is_causal = false, std::optional<double> scale = std::nullopt,
     c10::string_view group_name = "",
     const std::optional<at::Tensor>& key_padding_mask = std::nullopt);
+
+// longnet_attention over a sequence sharded across the group's ranks (the op
+// dilated_attention::ring_longnet_attention): this rank's rows [B, N/P, H, D] in and out, the
+// segment ring's exchange; key_padding_mask: this rank's rows [B, N/P].
+at::Tensor ring_longnet_attention(const at::Tensor& query, const at::Tensor& key,
+                                  const at::Tensor& value, at::IntArrayRef segment_lengths,
+                                  at::IntArrayRef dilation_rates, double dropout_p = 0.0,
+                                  bool is_causal = false, std::optional<double> scale = std::nullopt,
+                                  c10::string_view group_name = "",
+                                  const std::optional<at::Tensor>& key_padding_mask = std::nullopt);
 
 // The same with the production safeguards (agreement check, bounded waits naming the peer).
 at::Tensor ring_dilated_attention_production(

@@ -43,6 +43,32 @@ std::vector<HeadGroup> make_head_groups(int64_t num_heads,
   return groups;
 }
 
+std::vector<HeadGroup> make_longnet_groups(int64_t num_heads, int64_t sequence_length,
+                                           const std::vector<int64_t>& segment_lengths,
+                                           const std::vector<int64_t>& dilation_rates) {
+  std::vector<HeadGroup> groups;
+  for (size_t i = 0; i < segment_lengths.size(); ++i) {
+    const int64_t segment = std::min(segment_lengths[i], sequence_length);
+    const int64_t rate = dilation_rates[i];
+    // ceil(H / r) without overflow for any rate the schema takes.
+    const int64_t heads_per_offset = num_heads > 0 ? (num_heads - 1) / rate + 1 : 0;
+    // Offsets past the last head (rate > H) or past the segment cover nothing.
+    for (int64_t offset = 0; offset < rate && offset < segment; ++offset) {
+      const int64_t first_head = offset * heads_per_offset;
+      if (first_head >= num_heads) break;
+      HeadGroup group;
+      group.index = static_cast<int64_t>(i);
+      group.first_head = first_head;
+      group.num_heads = std::min(heads_per_offset, num_heads - first_head);
+      group.segment_length = segment;
+      group.dilation_rate = std::min(rate, segment);
+      group.offset = offset;
+      groups.push_back(group);
+    }
+  }
+  return groups;
+}
+
 const HeadGroup& group_of_head(const std::vector<HeadGroup>& groups, int64_t head) {
   for (const auto& group : groups) {
     if (head >= group.first_head && head < group.first_head + group.num_heads) return group;

@@ -38,6 +38,17 @@ std::vector<HeadGroup> make_head_groups(int64_t num_heads,
                                         const std::vector<int64_t>& segment_lengths,
                                         const std::vector<int64_t>& dilation_rates);
 
+// LongNet's branches (arXiv 2307.02486 section 2.2, microsoft/torchscale's rule): every head takes
+// part in every branch i = (segment_lengths[i], dilation_rates[i]). The branch's segment length
+// is min(w_i, N); its heads form r_i contiguous blocks of ceil(H / r_i) heads (the last ones
+// fewer, or none), and block m attends at offset m. One group per block that covers some
+// position, index = branch i; the rate is capped at the segment length as make_head_groups does.
+// A sequence of `sequence_length` positions: the last segment of a branch may be truncated
+// (the kernels attend it as a shorter segment), so no padding row exists.
+std::vector<HeadGroup> make_longnet_groups(int64_t num_heads, int64_t sequence_length,
+                                           const std::vector<int64_t>& segment_lengths,
+                                           const std::vector<int64_t>& dilation_rates);
+
 // The group that owns `head` (the group whose head range contains it).
 const HeadGroup& group_of_head(const std::vector<HeadGroup>& groups, int64_t head);
 

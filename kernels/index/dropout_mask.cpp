@@ -43,4 +43,8 @@ bool DropoutMask::keeps(uint64_t row_key, int64_t key_position) const {
   return mix64(row_key ^ (static_cast<uint64_t>(key_position) * kGolden)) >= drop_below_;
 }
 
+uint64_t branch_dropout_seed(uint64_t seed, int64_t branch) {
+  return mix64(seed ^ mix64(static_cast<uint64_t>(branch) + kGolden));
+}
+
 }  // namespace dilated_attention

@@ -28,4 +28,8 @@ class DropoutMask {
   double keep_scale_;
 };
 
+// The seed of branch `branch` of a LongNet call (kernels/longnet_attention_kernel.h): each branch
+// drops its own weights, independently of the others, from the call's one seed.
+uint64_t branch_dropout_seed(uint64_t seed, int64_t branch);
+
 }  // namespace dilated_attention

@@ -23,6 +23,13 @@ int main() {
       dilated_attention::ring_dilated_attention_hybrid_optimized_v2(q, k, v, {16}, {1});
   const double ring_error = (ring - out).abs().max().item<double>();
 
+  // One branch whose segment covers the sequence at rate 1 is plain attention over it.
+  const auto longnet = dilated_attention::longnet_attention(q, k, v, {64}, {1});
+  const auto full_weights = at::softmax(
+      at::matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(-1, -2)) / std::sqrt(8.0), -1);
+  const auto full = at::matmul(full_weights, v.transpose(1, 2)).transpose(1, 2);
+  const double longnet_error = (longnet - full).abs().max().item<double>();
+
   bool raised = false;
   try {
     dilated_attention::dilated_attention(q, k, v, {}, {});
@@ -31,7 +38,7 @@ int main() {
              std::string::npos;
   }
   std::cout << "consumer: max error vs segment attention " << error << ", ring vs core "
-            << ring_error << ", ValueError on empty segment_lengths: " << (raised ? "yes" : "no")
+            << ring_error << ", longnet vs full attention " << longnet_error << ", ValueError on empty segment_lengths: " << (raised ? "yes" : "no")
             << "\n";
-  return error < 1e-12 && ring_error < 1e-12 && raised ? 0 : 1;
+  return error < 1e-12 && ring_error < 1e-12 && longnet_error < 1e-12 && raised ? 0 : 1;
 }

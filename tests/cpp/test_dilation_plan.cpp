@@ -143,3 +143,41 @@ TEST_CASE("aligned groups stay whole when key/value heads are shared", "[plan]")
   CHECK(key_value_group(parts[1], 4).num_heads == 4);
   CHECK_THROWS(key_value_group(HeadGroup{0, 2, 4, 8, 1, 0}, 4));
 }
+
+TEST_CASE("longnet branches put every head in r contiguous offset blocks", "[plan][longnet]") {
+  // H = 5, r = 2: blocks of ceil(5/2) = 3 heads (offset 0) and 2 heads (offset 1).
+  const auto groups = make_longnet_groups(5, 64, {16, 32}, {1, 2});
+  REQUIRE(groups.size() == 3);
+  CHECK(groups[0].index == 0);
+  CHECK(groups[0].num_heads == 5);
+  CHECK(groups[0].offset == 0);
+  CHECK(groups[1].index == 1);
+  CHECK(groups[1].first_head == 0);
+  CHECK(groups[1].num_heads == 3);
+  CHECK(groups[1].offset == 0);
+  CHECK(groups[2].first_head == 3);
+  CHECK(groups[2].num_heads == 2);
+  CHECK(groups[2].offset == 1);
+}
+
+TEST_CASE("longnet offsets without heads or past the segment cover nothing", "[plan][longnet]") {
+  // H = 3, r = 4: blocks of one head at offsets 0, 1, 2; offset 3 has no head.
+  const auto four = make_longnet_groups(3, 64, {8}, {4});
+  REQUIRE(four.size() == 3);
+  CHECK(four[2].offset == 2);
+  CHECK(four[2].first_head == 2);
+  // A segment longer than N is N long; rate 8 on 2 positions keeps offsets 0 and 1 only, the
+  // rate capped at the segment length.
+  const auto short_sequence = make_longnet_groups(8, 2, {16}, {8});
+  REQUIRE(short_sequence.size() == 2);
+  CHECK(short_sequence[0].segment_length == 2);
+  CHECK(short_sequence[1].dilation_rate == 2);
+  CHECK(short_sequence[1].offset == 1);
+  CHECK(short_sequence[1].first_head == 1);
+  // A rate past every head count does not overflow ceil(H / r).
+  const auto huge = make_longnet_groups(4, 8, {8}, {INT64_MAX});
+  REQUIRE(huge.size() == 4);
+  CHECK(huge[3].first_head == 3);
+  CHECK(huge[3].num_heads == 1);
+  CHECK(make_longnet_groups(4, 0, {8}, {2}).empty());
+}

@@ -37,6 +37,27 @@ EXPECTED = {
         'str backend="segment_ring", Tensor? key_padding_mask=None) -> (Tensor output, '
         'Tensor softmax_lse, Tensor rng_state)'
     ),
+    "_longnet_attention_backward": (
+        '_longnet_attention_backward(Tensor grad_output, Tensor query, Tensor key, '
+        'Tensor value, Tensor output, Tensor softmax_lse, Tensor rng_state, '
+        'int[] segment_lengths, int[] dilation_rates, float dropout_p, bool is_causal, '
+        'float? scale, Tensor? key_padding_mask=None) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value)'
+    ),
+    "_longnet_attention_forward": (
+        '_longnet_attention_forward(Tensor query, Tensor key, Tensor value, '
+        'int[] segment_lengths, int[] dilation_rates, float dropout_p, bool is_causal, '
+        'float? scale, Tensor? key_padding_mask=None) -> (Tensor output, Tensor softmax_lse, Tensor rng_state)'
+    ),
+    "longnet_attention": (
+        'longnet_attention(Tensor query, Tensor key, Tensor value, int[] segment_lengths, '
+        'int[] dilation_rates, float dropout_p=0., bool is_causal=False, float? scale=None, '
+        'Tensor? key_padding_mask=None) -> Tensor'
+    ),
+    "ring_longnet_attention": (
+        'ring_longnet_attention(Tensor query, Tensor key, Tensor value, int[] segment_lengths, '
+        'int[] dilation_rates, float dropout_p=0., bool is_causal=False, float? scale=None, '
+        'str group_name="", Tensor? key_padding_mask=None) -> Tensor'
+    ),
     "_multihead_dilated_attention": (
         '_multihead_dilated_attention(Tensor query, Tensor key, Tensor value, '
         'Tensor q_weight, Tensor? q_bias, Tensor k_weight, Tensor? k_bias, Tensor v_weight, '
