@@ -56,9 +56,9 @@ std::vector<DropoutMask> dropout_masks_by_index(const AttentionConfig& config) {
   masks.reserve(static_cast<size_t>(indices));
   for (int64_t i = 0; i < indices; ++i) {
     const bool per_branch = config.combination == Combination::kLogSumExp;
-    masks.emplace_back(per_branch ? branch_dropout_seed(config.dropout_seed, i)
-                                  : config.dropout_seed,
-                       config.dropout_p);
+    masks.emplace_back(
+        per_branch ? branch_dropout_seed(config.dropout_seed, i) : config.dropout_seed,
+        config.dropout_p);
   }
   return masks;
 }

@@ -86,9 +86,7 @@ void for_each_part(const AttentionConfig& config, int64_t batch_size, int64_t le
 
 at::Tensor contiguous_or_undefined(const at::Tensor& x) { return x.defined() ? x.contiguous() : x; }
 
-at::ScalarType accumulation_dtype(const at::Tensor& x) {
-  return at::toOpMathType(x.scalar_type());
-}
+at::ScalarType accumulation_dtype(const at::Tensor& x) { return at::toOpMathType(x.scalar_type()); }
 
 }  // namespace
 

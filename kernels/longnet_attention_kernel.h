@@ -23,8 +23,9 @@ namespace dilated_attention {
 
 // q: [B, N, H, D]; k, v: [B, N, H / heads_per_key_value, D]; key_padding_mask [B, N] bool or
 // undefined. config: make_longnet_config's (groups from make_longnet_groups for this N, split at
-// shared key/value heads; Combination::kLogSumExp, so each branch drops its own weights). Returns (output [B, N, H, D], merged log-sum-exp [B, N, H] in the
-// accumulation dtype, -inf where no branch covers a position of a head or it sees no key).
+// shared key/value heads; Combination::kLogSumExp, so each branch drops its own weights). Returns
+// (output [B, N, H, D], merged log-sum-exp [B, N, H] in the accumulation dtype, -inf where no
+// branch covers a position of a head or it sees no key).
 std::tuple<at::Tensor, at::Tensor> longnet_attention_forward_kernel(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& key_padding_mask, const AttentionConfig& config);

@@ -115,14 +115,12 @@ struct BatchedAttentionOps {
   static at::Tensor op(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                        DILATED_ATTENTION_ARGS_PARAMS, const Mask& key_padding_mask) {
     const auto args = DILATED_ATTENTION_ARGS_COLLECT();
-    return std::get<0>(args.unpack([&](auto... shared) {
-      return forward(query, key, value, shared..., key_padding_mask);
-    }));
+    return std::get<0>(args.unpack(
+        [&](auto... shared) { return forward(query, key, value, shared..., key_padding_mask); }));
   }
 
-  static Three forward_meta(const at::Tensor& query, const at::Tensor& key,
-                            const at::Tensor& value, DILATED_ATTENTION_ARGS_PARAMS,
-                            const Mask& key_padding_mask) {
+  static Three forward_meta(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                            DILATED_ATTENTION_ARGS_PARAMS, const Mask& key_padding_mask) {
     const auto args = DILATED_ATTENTION_ARGS_COLLECT();
     F.check_call(query, key, value, args, key_padding_mask);
     auto lse = at::empty_symint(lse_sizes_of(query),
@@ -150,14 +148,15 @@ struct BatchedAttentionOps {
   }
 
   // Dispatcher calls of the internal ops (autograd calls these, so tracing sees dispatcher ops).
-  static Three call_forward(const at::Tensor& query, const at::Tensor& key,
-                            const at::Tensor& value, const AttentionArgs& args,
-                            const Mask& key_padding_mask) {
-    static auto handle = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow(("dilated_attention::" + internal_name("forward")).c_str(), "")
-                             .typed<decltype(forward)>();
-    return args.unpack(
-        [&](auto... shared) { return handle.call(query, key, value, shared..., key_padding_mask); });
+  static Three call_forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                            const AttentionArgs& args, const Mask& key_padding_mask) {
+    static auto handle =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow(("dilated_attention::" + internal_name("forward")).c_str(), "")
+            .typed<decltype(forward)>();
+    return args.unpack([&](auto... shared) {
+      return handle.call(query, key, value, shared..., key_padding_mask);
+    });
   }
 
   static Three call_backward(const at::Tensor& grad_output, const at::Tensor& query,
@@ -165,9 +164,10 @@ struct BatchedAttentionOps {
                              const at::Tensor& output, const at::Tensor& softmax_lse,
                              const at::Tensor& rng_state, const AttentionArgs& args,
                              const Mask& key_padding_mask) {
-    static auto handle = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow(("dilated_attention::" + internal_name("backward")).c_str(), "")
-                             .typed<decltype(backward)>();
+    static auto handle =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow(("dilated_attention::" + internal_name("backward")).c_str(), "")
+            .typed<decltype(backward)>();
     return args.unpack([&](auto... shared) {
       return handle.call(grad_output, query, key, value, output, softmax_lse, rng_state, shared...,
                          key_padding_mask);
@@ -183,8 +183,8 @@ struct BatchedAttentionOps {
       auto [output, softmax_lse, rng_state] =
           call_forward(query, key, value, args, key_padding_mask);
       // An absent mask is saved as an undefined tensor.
-      ctx->save_for_backward({query, key, value, output, softmax_lse, rng_state,
-                              mask_or_undefined(key_padding_mask)});
+      ctx->save_for_backward(
+          {query, key, value, output, softmax_lse, rng_state, mask_or_undefined(key_padding_mask)});
       args.save(ctx);
       return output;
     }
@@ -202,8 +202,8 @@ struct BatchedAttentionOps {
         const at::NoGradGuard no_grad;
         const auto mask = saved[6].defined() ? Mask(saved[6]) : Mask();
         auto [grad_query, grad_key, grad_value] =
-            call_backward(grad_output, saved[0], saved[1], saved[2], saved[3], saved[4],
-                          saved[5], AttentionArgs::load(ctx), mask);
+            call_backward(grad_output, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
+                          AttentionArgs::load(ctx), mask);
         grads = {grad_query, grad_key, grad_value, at::Tensor(), at::Tensor()};
       }
       // Outside the no-grad scope, so the error node is recorded.

@@ -29,10 +29,10 @@ at::Tensor ring_longnet_attention(const at::Tensor& query, const at::Tensor& key
 
 TORCH_LIBRARY_FRAGMENT(dilated_attention, m) {
   // group_name, then the mask last, as every distributed op of the library.
-  const std::string schema =
-      "ring_longnet_attention(Tensor query, Tensor key, Tensor value, " +
-      dilated_attention::attention_args_schema() + ", str group_name=\"\", " +
-      dilated_attention::kKeyPaddingMaskSchema + ") -> Tensor";
+  const std::string schema = "ring_longnet_attention(Tensor query, Tensor key, Tensor value, " +
+                             dilated_attention::attention_args_schema() +
+                             ", str group_name=\"\", " + dilated_attention::kKeyPaddingMaskSchema +
+                             ") -> Tensor";
   m.def(schema.c_str(), {at::Tag::pt2_compliant_tag});
 }
 

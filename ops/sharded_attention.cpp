@@ -251,14 +251,14 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
     const auto& kv = shard.kv_groups[g];
     const auto qs = run(q, work.group), ks = run(k, kv), vs = run(v, kv),
                outs = run(out, work.group), lses = run(lse, work.group);
-    const auto seens = landing.tracks_seen() ? run(landing.seen, work.group)
-                                             : std::vector<SegmentRunView>();
+    const auto seens =
+        landing.tracks_seen() ? run(landing.seen, work.group) : std::vector<SegmentRunView>();
     const auto pads = shard.inner_padding(work);
     for (size_t i = 0; i < qs.size(); ++i) {
       auto options = shard.inner_options(work, qs[i].first_batch);
       options.key_padding = pads.empty() ? at::Tensor() : pads[i];
-      auto [o, l] = block_attention_forward(qs[i].view, ks[i].view, vs[i].view, options,
-                                            landing.coverage());
+      auto [o, l] =
+          block_attention_forward(qs[i].view, ks[i].view, vs[i].view, options, landing.coverage());
       landing.land(outs[i].view, lses[i].view, o, l, work.group, /*inner=*/true);
       if (landing.tracks_seen()) {
         landing.mark_seen(seens[i].view, rows_without_keys(options, qs[i].view.size(2)));
@@ -295,8 +295,8 @@ std::tuple<at::Tensor, at::Tensor> sharded_attention_forward(comm::Communicator&
     const auto no_keys = shard.edge_rows_without_keys(g, edge);
     if (landing.combines_branches()) {
       // A branch's rows are one part of what the combination's rows see: finished at the end.
-      landing.land(shard.edge_rows(out, g, edge), shard.edge_rows(lse, g, edge),
-                   merged[g][e].out(), merged[g][e].lse(), shard.plan[g].group,
+      landing.land(shard.edge_rows(out, g, edge), shard.edge_rows(lse, g, edge), merged[g][e].out(),
+                   merged[g][e].lse(), shard.plan[g].group,
                    /*inner=*/false);
       if (landing.tracks_seen()) landing.mark_seen(shard.edge_rows(landing.seen, g, edge), no_keys);
       return;

@@ -57,7 +57,8 @@ at::Tensor ring_dilated_attention_hybrid_optimized_v2(
 at::Tensor ring_longnet_attention(const at::Tensor& query, const at::Tensor& key,
                                   const at::Tensor& value, at::IntArrayRef segment_lengths,
                                   at::IntArrayRef dilation_rates, double dropout_p = 0.0,
-                                  bool is_causal = false, std::optional<double> scale = std::nullopt,
+                                  bool is_causal = false,
+                                  std::optional<double> scale = std::nullopt,
                                   c10::string_view group_name = "",
                                   const std::optional<at::Tensor>& key_padding_mask = std::nullopt);
 

@@ -15,6 +15,8 @@ from .improved_distributed_dilated_attention import (  # noqa: E402
     DistributedImprovedDilatedAttention,
     DistributedImprovedMultiheadDilatedAttention,
 )
+from .long_net import LongNet, LongNetLM  # noqa: E402
+from .longnet_attention import LongNetDilatedAttention, RingLongNetDilatedAttention  # noqa: E402
 from .multihead_dilated_attention import MultiheadDilatedAttention  # noqa: E402
 from .ring_dilated_attention_hybrid_optimized import RingDilatedAttentionHybridOptimized  # noqa: E402
 from .ring_dilated_attention_hybrid_optimized_v2 import (  # noqa: E402
@@ -29,16 +31,22 @@ from .ring_dilated_attention_production import (  # noqa: E402
 from .ring_dilated_attention_v2_collective import RingDilatedAttentionV2Collective  # noqa: E402
 from .ring_hilbert_dilated_attention import HilbertRingDilatedAttention  # noqa: E402
 from .ring_multihead_dilated_attention import RingMultiheadDilatedAttention  # noqa: E402
+from .transformer import DilatedTransformerDecoderLayer, DilatedTransformerEncoderLayer  # noqa: E402
 
 __version__ = "0.5.0"
 
 __all__ = [
     "DilatedAttention",
+    "DilatedTransformerDecoderLayer",
+    "DilatedTransformerEncoderLayer",
     "DistributedImprovedDilatedAttention",
     "DistributedImprovedMultiheadDilatedAttention",
     "HeadParallelDilatedAttention",
     "HilbertRingDilatedAttention",
     "ImprovedDilatedAttention",
+    "LongNet",
+    "LongNetDilatedAttention",
+    "LongNetLM",
     "MultiheadDilatedAttention",
     "RingAttentionConfig",
     "RingDilatedAttention",
@@ -46,6 +54,7 @@ __all__ = [
     "RingDilatedAttentionHybridOptimizedV2",
     "RingDilatedAttentionProduction",
     "RingDilatedAttentionV2Collective",
+    "RingLongNetDilatedAttention",
     "RingMultiheadDilatedAttention",
     "create_dilated_attention",
     "create_multihead_dilated_attention",

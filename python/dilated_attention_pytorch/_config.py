@@ -10,17 +10,18 @@ from torch import nn
 
 def validate_dilation_config(
     segment_lengths: Sequence[int], dilation_rates: Sequence[int], dropout: float,
-    softmax_scale: Optional[float] = None,
+    softmax_scale: Optional[float] = None, op_name: str = "dilated_attention",
 ) -> None:
     """Raises the op's ValueError for a bad configuration, at construction time.
 
-    The check runs the op itself on an empty meta tensor (no data, no compute): the op is the
-    single source of truth for what is valid and for the wording of the errors.
+    The check runs the op itself (``torch.ops.dilated_attention.<op_name>``, which takes the core
+    op's leading arguments) on an empty meta tensor (no data, no compute): the op is the single
+    source of truth for what is valid and for the wording of the errors.
     """
     heads = max(len(segment_lengths), 1)
     # float64: checks that depend on the dtype (a scale's range) wait for the real inputs.
     probe = torch.empty(1, 0, heads, 1, device="meta", dtype=torch.float64)
-    torch.ops.dilated_attention.dilated_attention(
+    getattr(torch.ops.dilated_attention, op_name)(
         probe, probe, probe, list(segment_lengths), list(dilation_rates), float(dropout), False,
         None if softmax_scale is None else float(softmax_scale),
     )
@@ -83,9 +84,11 @@ def reject_mask_message(name: str) -> str:
 
 def set_attention_attributes(module: nn.Module, segment_lengths: Sequence[int],
                              dilation_rates: Sequence[int], dropout: float,
-                             softmax_scale: Optional[float]) -> None:
-    """Validates the configuration and stores what the module passes to the op."""
-    validate_dilation_config(segment_lengths, dilation_rates, dropout, softmax_scale)
+                             softmax_scale: Optional[float],
+                             op_name: str = "dilated_attention") -> None:
+    """Validates the configuration (with the op the module runs) and stores what the module
+    passes to it."""
+    validate_dilation_config(segment_lengths, dilation_rates, dropout, softmax_scale, op_name)
     module.segment_lengths = as_int_list(segment_lengths)
     module.dilation_rates = as_int_list(dilation_rates)
     module.dropout = float(dropout)

@@ -1,6 +1,7 @@
-"""``DilatedAttention``: LongNet-style dilated attention over ``[B, N, H, D]`` tensors."""
+"""``DilatedAttention``: LongNet-style dilated attention over ``[B, N, H, D]`` tensors; and
+``MultiheadDilatedAttention`` where the original package defined it, with its return convention."""
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -63,3 +64,35 @@ class DilatedAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"segment_lengths={self.segment_lengths}, dilation_rates={self.dilation_rates}"
+
+
+# After DilatedAttention: multihead_dilated_attention imports it from here (when it builds one),
+# and imports nothing from here at its own import, so either module may be imported first.
+from .multihead_dilated_attention import (  # noqa: E402
+    MultiheadDilatedAttention as _MultiheadDilatedAttention,
+)
+
+
+class MultiheadDilatedAttention(_MultiheadDilatedAttention):
+    """``dilated_attention_pytorch.multihead_dilated_attention.MultiheadDilatedAttention`` with
+    the return convention of the package that defined the class in this module: ``forward``
+    always returns ``(output, None)`` (the attention weights are never materialised).
+
+    Same constructor, weights, ``state_dict`` and computation. The arguments of ``forward`` are
+    those of the base class too, except that ``is_causal`` comes fourth, where that package had it
+    (``forward(query, key, value, is_causal=False)``), so its positional calls keep working; pass
+    the others by keyword.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        query: torch.Tensor,
+        key: Optional[torch.Tensor] = None,
+        value: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        need_weights: bool = False,
+        attn_mask: Optional[torch.Tensor] = None,
+        average_attn_weights: bool = True,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return self._attend(query, key, value, key_padding_mask, attn_mask, is_causal), None

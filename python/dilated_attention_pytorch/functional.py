@@ -48,3 +48,23 @@ def dilated_attention_varlen(
     rates: List[int] = as_int_list(dilation_rates)
     return torch.ops.dilated_attention.dilated_attention_varlen(
         query, key, value, cu_seqlens, max_seqlen, segments, rates, dropout_p, is_causal, scale)
+
+
+def longnet_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segment_lengths: Sequence[int],
+    dilation_rates: Sequence[int],
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    key_padding_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """LongNet's combination (the paper's and torchscale's): every head in every (segment, rate)
+    branch, the branches weighted by their softmax denominators; any N. Shapes as
+    ``dilated_attention``. The op ``torch.ops.dilated_attention.longnet_attention``."""
+    segments: List[int] = as_int_list(segment_lengths)
+    rates: List[int] = as_int_list(dilation_rates)
+    return torch.ops.dilated_attention.longnet_attention(
+        query, key, value, segments, rates, dropout_p, is_causal, scale, key_padding_mask)

@@ -8,7 +8,10 @@ from torch import nn
 
 from ._config import (check_multihead_input, init_projections, reject_mask_message,
                       resolve_key_value_heads)
-from .dilated_attention import DilatedAttention
+from .longnet_attention import LongNetDilatedAttention
+
+# The inner attention modules ``attention=`` selects.
+ATTENTION_KINDS = ("dilated", "longnet")
 
 
 def check_heads(embed_dim: int, num_heads: int) -> int:
@@ -53,6 +56,11 @@ class MultiheadDilatedAttention(nn.Module):
     ``v_proj`` project to ``num_key_value_heads * head_dim`` features, ``k_ln`` normalises those,
     and query head h reads key/value head ``h // (num_heads // num_key_value_heads)`` without a
     copy per query head. The default keeps existing checkpoints loading unchanged.
+
+    ``attention`` picks the inner attention: ``"dilated"`` (default, ``DilatedAttention``: heads
+    split into one group per segment length) or ``"longnet"`` (``LongNetDilatedAttention``: every
+    head in every branch, branches combined by their softmax denominators, as torchscale's
+    LongNet). Both have no parameters, so the ``state_dict`` is the same for either.
     """
 
     def __init__(
@@ -69,8 +77,12 @@ class MultiheadDilatedAttention(nn.Module):
         device=None,
         dtype=None,
         num_key_value_heads: Optional[int] = None,
+        attention: str = "dilated",
     ):
         super().__init__()
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, "
+                             f"got {attention!r}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = check_heads(embed_dim, num_heads)
@@ -82,7 +94,16 @@ class MultiheadDilatedAttention(nn.Module):
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
         self.k_proj = nn.Linear(embed_dim, kv_dim, bias=bias, **factory)
         self.v_proj = nn.Linear(embed_dim, kv_dim, bias=bias, **factory)
-        self.attention = DilatedAttention(segment_lengths, dilation_rates, attention_dropout=dropout)
+        self.attention_kind = attention
+        if attention == "longnet":
+            self.attention = LongNetDilatedAttention(segment_lengths, dilation_rates,
+                                                     attention_dropout=dropout)
+        else:
+            # Imported here: dilated_attention.py imports this module (for the subclass with the
+            # original package's return convention), so a module-level import would be circular.
+            from .dilated_attention import DilatedAttention
+            self.attention = DilatedAttention(segment_lengths, dilation_rates,
+                                              attention_dropout=dropout)
         self.q_ln = nn.LayerNorm(embed_dim, eps=layer_norm_eps, **factory) if layer_norm else nn.Identity()
         self.k_ln = nn.LayerNorm(kv_dim, eps=layer_norm_eps, **factory) if layer_norm else nn.Identity()
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
@@ -91,6 +112,8 @@ class MultiheadDilatedAttention(nn.Module):
     def __setstate__(self, state):
         # Modules pickled before grouped-query attention existed had one key head per query head.
         state.setdefault("num_key_value_heads", state.get("num_heads"))
+        # ... and before the inner attention could be chosen, it was always DilatedAttention.
+        state.setdefault("attention_kind", "dilated")
         super().__setstate__(state)
 
     def _reset_parameters(self) -> None:
@@ -107,6 +130,22 @@ class MultiheadDilatedAttention(nn.Module):
         is_causal: bool = False,
         average_attn_weights: bool = True,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        out = self._attend(query, key, value, key_padding_mask, attn_mask, is_causal)
+        if need_weights:
+            # Dilated attention never materialises the weights; upstream returned None too.
+            return out, None
+        return out
+
+    def _attend(
+        self,
+        query: torch.Tensor,
+        key: Optional[torch.Tensor],
+        value: Optional[torch.Tensor],
+        key_padding_mask: Optional[torch.Tensor],
+        attn_mask: Optional[torch.Tensor],
+        is_causal: bool,
+    ) -> torch.Tensor:
+        """The output of ``forward`` (shared with the subclass that returns ``(out, None)``)."""
         if attn_mask is not None:
             raise ValueError(reject_mask_message("attn_mask"))
         key = query if key is None else key
@@ -118,8 +157,4 @@ class MultiheadDilatedAttention(nn.Module):
         k = self.k_ln(self.k_proj(key)).unflatten(-1, (self.num_key_value_heads, self.head_dim))
         v = self.v_proj(value).unflatten(-1, (self.num_key_value_heads, self.head_dim))
         x = self.attention(q, k, v, is_causal, key_padding_mask=key_padding_mask).flatten(-2)
-        out = self.out_proj(self.q_ln(x))
-        if need_weights:
-            # Dilated attention never materialises the weights; upstream returned None too.
-            return out, None
-        return out
+        return self.out_proj(self.q_ln(x))

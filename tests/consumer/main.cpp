@@ -38,7 +38,7 @@ int main() {
              std::string::npos;
   }
   std::cout << "consumer: max error vs segment attention " << error << ", ring vs core "
-            << ring_error << ", longnet vs full attention " << longnet_error << ", ValueError on empty segment_lengths: " << (raised ? "yes" : "no")
-            << "\n";
+            << ring_error << ", longnet vs full attention " << longnet_error
+            << ", ValueError on empty segment_lengths: " << (raised ? "yes" : "no") << "\n";
   return error < 1e-12 && ring_error < 1e-12 && longnet_error < 1e-12 && raised ? 0 : 1;
 }

@@ -29,3 +29,14 @@ def test_functions_are_the_ops():
     torch.testing.assert_close(dap.functional.dilated_attention(q, q, q, [8], [1], is_causal=True),
                                torch.ops.dilated_attention.dilated_attention(q, q, q, [8], [1], 0.0,
                                                                              True))
+
+
+def test_longnet_function_is_the_op():
+    q = torch.randn(1, 10, 3, 8, dtype=torch.float64)
+    mask = torch.zeros(1, 10, dtype=torch.bool)
+    mask[0, 7:] = True
+    torch.testing.assert_close(
+        dap.functional.longnet_attention(q, q, q, (4, 16), (1, 2), is_causal=True,
+                                         key_padding_mask=mask),
+        torch.ops.dilated_attention.longnet_attention(q, q, q, [4, 16], [1, 2], 0.0, True, None,
+                                                      mask), atol=0, rtol=0)
