@@ -57,7 +57,8 @@ struct ShardContext {
     full_padding = gathered.view({comm.size(), bytes.size(0), bytes.size(1)})
                        .permute({1, 0, 2})
                        .reshape({bytes.size(0), c.layout.seq_len, 1})
-                       .to(at::kBool);
+                       .to(at::kBool)
+                       .contiguous();  // the reshape is a view when n = 1: views need dense rows
   }
 
   // The key padding of a view over this shard's rows, [B', L] (x3: a [B, n, 1] view of it).
@@ -321,7 +322,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
   // Block gradients are taken of <grad_out, O_unscaled>: each carries 1 / output_scale.
   const auto out = out_in.contiguous().div(output_scale);
   const ShardContext shard(comm, config, key_padding_mask);
-  auto grad_q = at::zeros_like(q), grad_k = at::zeros_like(k), grad_v = at::zeros_like(v);
+  // LongNet's branches all add to the same rows: summed in the accumulation dtype (so, for half
+  // types, the dK / dV returned to their owners travel in float32).
+  const bool by_lse = config.attention.combination == Combination::kLogSumExp;
+  auto new_grad = [&](const at::Tensor& x) {
+    return by_lse ? at::zeros(x.sizes(), x.options().dtype(at::toOpMathType(x.scalar_type())))
+                  : at::zeros_like(x);
+  };
+  auto grad_q = new_grad(q), grad_k = new_grad(k), grad_v = new_grad(v);
   // Backward needs the remote keys and values again: they are exchanged anew, not kept.
   const auto exchange = shard.exchange(comm);
   auto stream = open_key_value_stream(config.exchange, exchange, k, v);
@@ -397,7 +405,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sharded_attention_backward(
   return_key_value_grads(config.exchange, exchange, grads_by_owner, grad_k, grad_v);
   zero_padded_rows_(grad_k, key_padding_mask);
   zero_padded_rows_(grad_v, key_padding_mask);
-  return {grad_q, grad_k, grad_v};
+  return {grad_q.to(q.scalar_type()), grad_k.to(k.scalar_type()), grad_v.to(v.scalar_type())};
 }
 
 }  // namespace dilated_attention

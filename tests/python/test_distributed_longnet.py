@@ -53,8 +53,14 @@ def _leaf(x):
     return x.detach().clone().requires_grad_(True)
 
 
-def _check(ctx, cfg_name, causal, dropout_p=0.0):
-    cfg = CONFIGS[cfg_name]
+def one_row_shards(world_size):
+    """Shards of one row with a mask and B > 1: the gathered mask must be dense rows (it was a
+    strided view once, and the engine's views refused it)."""
+    return dict(B=2, N=world_size, H=2, H_kv=2, D=4, segs=[world_size], rates=[1], mask=True)
+
+
+def _check(ctx, cfg_name, causal, dropout_p=0.0, cfg=None):
+    cfg = CONFIGS[cfg_name] if cfg is None else cfg
     q, k, v, grad, mask = _inputs(cfg, cfg_name)
     leaves = [_leaf(t) for t in (q, k, v)]
     torch.manual_seed(5)
@@ -90,6 +96,12 @@ def worker(ctx):
                 results[key] = _check(ctx, cfg_name, causal)
             except Exception:  # noqa: BLE001 - reported by the test of this check
                 results[key] = {"failures": [f"raised:\n{traceback.format_exc()}"]}
+    for causal in (False, True):
+        key = f"one-row-shards|{causal}"
+        try:
+            results[key] = _check(ctx, key, causal, cfg=one_row_shards(ctx.world_size))
+        except Exception:  # noqa: BLE001
+            results[key] = {"failures": [f"raised:\n{traceback.format_exc()}"]}
     try:  # dropout: each branch's mask in global coordinates, the same on every schedule
         results["dropout"] = _check(ctx, "s8.16.32-r1.2.4-H4", True, dropout_p=0.3)
     except Exception:  # noqa: BLE001
@@ -106,6 +118,13 @@ RUN = SharedRun(worker, timeout=240)
 def test_ring_longnet_equals_the_single_device_op(world_size, cfg_name, causal):
     for rank, result in enumerate(RUN.results(world_size)):
         assert result[f"{cfg_name}|{causal}"]["failures"] == [], f"rank {rank}"
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_one_row_shards_with_a_mask(world_size, causal):
+    for rank, result in enumerate(RUN.results(world_size)):
+        assert result[f"one-row-shards|{causal}"]["failures"] == [], f"rank {rank}"
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
@@ -191,3 +210,26 @@ def test_ring_longnet_takes_any_sequence_length_and_head_count():
 def test_ring_longnet_on_meta_tensors_has_the_query_shape():
     q = torch.empty(2, 10, 3, 4, device="meta")
     assert OPS.ring_longnet_attention(q, q, q, [4], [2]).shape == q.shape
+
+
+def test_ring_backward_sums_branches_in_the_accumulation_dtype():
+    """bfloat16 with many branches over one shared key/value head: every branch adds to the same
+    dK / dV rows, so summing them in bfloat16 loses what the single-device op keeps (it sums in
+    float32). The ring's error against float64 is the single-device op's, not larger."""
+    gen = torch.Generator().manual_seed(21)
+    q = torch.randn(1, 32, 16, 8, dtype=torch.float64, generator=gen)
+    k, v = (torch.randn(1, 32, 1, 8, dtype=torch.float64, generator=gen) for _ in range(2))
+    grad = torch.randn(1, 32, 16, 8, dtype=torch.float64, generator=gen)
+    segs, rates = [4, 8, 16, 32], [1, 2, 4, 8]
+
+    def grads(op, dtype):
+        leaves = [_leaf(t.to(dtype)) for t in (q, k, v)]
+        op(*leaves, segs, rates).backward(grad.to(dtype))
+        return [t.grad.double() for t in leaves]
+
+    exact = grads(OPS.longnet_attention, torch.float64)
+    single = grads(OPS.longnet_attention, torch.bfloat16)
+    ring = grads(OPS.ring_longnet_attention, torch.bfloat16)
+    for name, e, s, r in zip(("dq", "dk", "dv"), exact, single, ring):
+        single_error, ring_error = (x.sub(e).abs().mean().item() for x in (s, r))
+        assert ring_error <= 1.05 * single_error, (name, ring_error, single_error)
