@@ -8,6 +8,7 @@ tests/cpp/test_device_kernels.cpp.)
 import pytest
 import torch
 
+from longnet_reference import longnet_reference
 from reference import dilated_attention_reference, dilated_attention_varlen_reference
 
 pytestmark = pytest.mark.skipif(
@@ -135,6 +136,32 @@ def test_varlen_matches_the_reference(dtype, is_causal):
     ref = dilated_attention_varlen_reference(*ref_in, cu.cpu(), segments, rates, is_causal)
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(out.double().cpu(), ref, atol=tol, rtol=tol)
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(device="cuda", dtype=dtype))
+    ref.backward(grad)
+    for name, a, b in zip("qkv", (q, k, v), ref_in):
+        torch.testing.assert_close(a.grad.double().cpu(), b.grad, atol=tol, rtol=tol,
+                                   msg=lambda m, name=name: f"grad_{name}: {m}")
+
+
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_longnet_matches_the_reference(dtype, is_causal):
+    """LongNet's combination on CUDA: truncated last segments (N = 40), H = 6 with rate 4 (offset
+    blocks of 2, 2, 2 heads), shared key/value heads, forward and gradients; the ring op with one
+    rank is the same function."""
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    q = torch.randn(2, 40, 6, 64, generator=gen, device="cuda").to(dtype).requires_grad_()
+    k, v = (torch.randn(2, 40, 3, 64, generator=gen, device="cuda").to(dtype).requires_grad_()
+            for _ in range(2))
+    segments, rates = [16, 64], [1, 4]
+    out = ops.longnet_attention(q, k, v, segments, rates, 0.0, is_causal)
+    ref_in = [t.detach().double().cpu().requires_grad_() for t in (q, k, v)]
+    ref = longnet_reference(*ref_in, segments, rates, is_causal)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.double().cpu(), ref, atol=tol, rtol=tol)
+    ring = ops.ring_longnet_attention(q, k, v, segments, rates, 0.0, is_causal)
+    torch.testing.assert_close(ring.double().cpu(), ref, atol=tol, rtol=tol)
     grad = torch.randn_like(ref)
     out.backward(grad.to(device="cuda", dtype=dtype))
     ref.backward(grad)
