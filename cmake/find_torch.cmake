@@ -57,7 +57,10 @@ if(DILATED_ATTENTION_CUDA STREQUAL "AUTO")
 else()
   set(DILATED_ATTENTION_WITH_CUDA ${DILATED_ATTENTION_CUDA})
 endif()
-if(DILATED_ATTENTION_WITH_CUDA)
+# A CUDA build of torch needs the toolkit's libraries found even when our CUDA kernels are not
+# built (-DDILATED_ATTENTION_CUDA=OFF: CI's sanitizer and no-deprecated builds, which compile
+# the CUDA sources the default build already compiled).
+if(DILATED_ATTENTION_WITH_CUDA OR TORCH_CUDA_VERSION)
   include(cmake/cuda_toolkit.cmake)
 endif()
 find_package(Torch REQUIRED)

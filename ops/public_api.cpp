@@ -57,6 +57,19 @@ at::Tensor ring_dilated_attention_hybrid_optimized_v2(
                  group_name, key_padding_mask);
 }
 
+at::Tensor dilated_attention_with_kv_cache(const at::Tensor& query, const at::Tensor& key,
+                                           const at::Tensor& value, at::IntArrayRef segment_lengths,
+                                           at::IntArrayRef dilation_rates,
+                                           std::optional<double> scale,
+                                           const std::optional<at::Tensor>& key_padding_mask,
+                                           const std::optional<at::Tensor>& sequence_starts,
+                                           bool longnet) {
+  static const auto op = handle_of<decltype(dilated_attention_with_kv_cache)>(
+      "dilated_attention::dilated_attention_with_kv_cache");
+  return op.call(query, key, value, segment_lengths, dilation_rates, scale, key_padding_mask,
+                 sequence_starts, longnet);
+}
+
 at::Tensor ring_longnet_attention(const at::Tensor& query, const at::Tensor& key,
                                   const at::Tensor& value, at::IntArrayRef segment_lengths,
                                   at::IntArrayRef dilation_rates, double dropout_p, bool is_causal,

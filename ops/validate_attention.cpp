@@ -40,13 +40,17 @@ constexpr InputLayout kPacked{3, 1, " [T, H, D]"};
 // Which dimensions of `other` must equal the query's: all, or all but the heads (key and
 // value, whose heads may be shared by several query heads).
 enum class HeadsOf { kQuery, kKeyValue };
+// Whether the sequence dimension of `other` must equal the query's, or is a cache's (its own).
+enum class RowsOf { kQuery, kCache };
 
 void check_like_query(const at::Tensor& query, const at::Tensor& other, const char* name,
-                      HeadsOf heads = HeadsOf::kQuery, const InputLayout& layout = kBatched) {
+                      HeadsOf heads = HeadsOf::kQuery, const InputLayout& layout = kBatched,
+                      RowsOf rows = RowsOf::kQuery) {
   TORCH_CHECK_VALUE(other.dim() == layout.dims, name, " expected ", layout.dims, "D tensor",
                     layout.shape, ", got ", other.dim(), "D");
   for (int64_t d = 0; d < layout.dims; ++d) {
     if (d == layout.heads_dim && heads == HeadsOf::kKeyValue) continue;
+    if (d == 1 && rows == RowsOf::kCache) continue;
     TORCH_CHECK_VALUE(query.sym_size(d) == other.sym_size(d), "Shape mismatch at dimension ", d,
                       ": query has size ", query.sym_size(d), ", ", name, " has size ",
                       other.sym_size(d));
@@ -74,11 +78,11 @@ void check_key_value_heads(const at::Tensor& query, const at::Tensor& key, const
 }
 
 void check_inputs(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                  const InputLayout& layout) {
+                  const InputLayout& layout, RowsOf rows = RowsOf::kQuery) {
   TORCH_CHECK_VALUE(query.dim() == layout.dims, "query expected ", layout.dims, "D tensor",
                     layout.shape, ", got ", query.dim(), "D");
-  check_like_query(query, key, "key", HeadsOf::kKeyValue, layout);
-  check_like_query(query, value, "value", HeadsOf::kKeyValue, layout);
+  check_like_query(query, key, "key", HeadsOf::kKeyValue, layout, rows);
+  check_like_query(query, value, "value", HeadsOf::kKeyValue, layout, rows);
   check_key_value_heads(query, key, value, layout);
   TORCH_CHECK_VALUE(is_supported_dtype(query.scalar_type()),
                     "query dtype must be one of float32, float64, bfloat16, float16, got ",
@@ -106,6 +110,18 @@ void check_attention_args(const AttentionArgs& args) {
 void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                             const at::Tensor& value) {
   check_inputs(query, key, value, kBatched);
+}
+
+void check_cached_attention_inputs(const at::Tensor& query, const at::Tensor& key,
+                                   const at::Tensor& value) {
+  check_inputs(query, key, value, kBatched, RowsOf::kCache);
+  TORCH_CHECK_VALUE(value.sym_size(1) == key.sym_size(1), "Shape mismatch at dimension 1: key has ",
+                    key.sym_size(1), " rows, value has ", value.sym_size(1),
+                    "; key and value must hold the same positions");
+  TORCH_CHECK_VALUE(query.sym_size(1) <= key.sym_size(1), "query holds ", query.sym_size(1),
+                    " positions, more than the ", key.sym_size(1),
+                    " of key / value: query must be the last Nq <= Nk positions of the sequence "
+                    "whose keys and values are key / value");
 }
 
 void check_packed_attention_inputs(const at::Tensor& query, const at::Tensor& key,
@@ -216,18 +232,24 @@ void check_device_supports(const at::Tensor& query, const AttentionArgs& args,
 
 void check_key_padding_mask(const at::Tensor& query,
                             const std::optional<at::Tensor>& key_padding_mask) {
+  check_key_padding_mask(query, key_padding_mask, "[B, N]: the query's batch and sequence sizes");
+}
+
+void check_key_padding_mask(const at::Tensor& rows_of,
+                            const std::optional<at::Tensor>& key_padding_mask,
+                            const char* expected_rows) {
   if (!key_padding_mask.has_value()) return;
   const auto& mask = *key_padding_mask;
   TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool,
                     "key_padding_mask must be a bool tensor (True = padding), got dtype ",
                     mask.scalar_type());
-  const std::vector<c10::SymInt> expected{query.sym_size(0), query.sym_size(1)};
+  const std::vector<c10::SymInt> expected{rows_of.sym_size(0), rows_of.sym_size(1)};
   TORCH_CHECK_VALUE(
       mask.dim() == 2 && mask.sym_size(0) == expected[0] && mask.sym_size(1) == expected[1],
-      "key_padding_mask expected shape ", c10::SymIntArrayRef(expected),
-      " ([B, N]: the query's batch and sequence sizes), got ", mask.sym_sizes());
-  TORCH_CHECK_VALUE(mask.device() == query.device(), "Device mismatch: query is on ",
-                    query.device(), ", key_padding_mask is on ", mask.device());
+      "key_padding_mask expected shape ", c10::SymIntArrayRef(expected), " (", expected_rows,
+      "), got ", mask.sym_sizes());
+  TORCH_CHECK_VALUE(mask.device() == rows_of.device(), "Device mismatch: query is on ",
+                    rows_of.device(), ", key_padding_mask is on ", mask.device());
 }
 
 void check_dilated_attention_call(const at::Tensor& query, const at::Tensor& key,

@@ -19,6 +19,11 @@ void check_attention_args(const AttentionArgs& args);
 void check_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                             const at::Tensor& value);
 
+// The decoding layout of dilated_attention_with_kv_cache: query [B, Nq, H, D] the last Nq
+// positions of key / value [B, Nk, H_kv, D] (cache and new tokens), Nq <= Nk.
+void check_cached_attention_inputs(const at::Tensor& query, const at::Tensor& key,
+                                   const at::Tensor& value);
+
 // The packed layout of dilated_attention_varlen: query [T, H, D], key / value [T, H_kv, D].
 void check_packed_attention_inputs(const at::Tensor& query, const at::Tensor& key,
                                    const at::Tensor& value);
@@ -50,6 +55,11 @@ void check_device_supports(const at::Tensor& query, const AttentionArgs& args,
 // query's sequence dimension (this rank's rows for the sharded ops).
 void check_key_padding_mask(const at::Tensor& query,
                             const std::optional<at::Tensor>& key_padding_mask);
+// The same against the batch and sequence sizes of `rows_of`, which the error describes as
+// `expected_rows` (the key's, for a cache).
+void check_key_padding_mask(const at::Tensor& rows_of,
+                            const std::optional<at::Tensor>& key_padding_mask,
+                            const char* expected_rows);
 
 // The tensors the internal backward ops take besides query / key / value, which a caller of
 // torch.ops may pass by hand: grad_output and output of the query's shape, dtype and device;

@@ -6,11 +6,17 @@
 #include "ops/validate_attention.h"
 
 namespace dilated_attention {
-namespace {
-
-bool reads_values(const at::Tensor& t) {
+bool has_readable_values(const at::Tensor& t) {
   return !t.is_meta() && !t.key_set().has(c10::DispatchKey::Python);
 }
+
+std::vector<int64_t> host_values(const at::Tensor& t) {
+  const auto host = t.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* values = host.data_ptr<int64_t>();
+  return std::vector<int64_t>(values, values + host.numel());
+}
+
+namespace {
 
 void check_offsets(const std::vector<int64_t>& starts, int64_t total_rows, int64_t max_seqlen) {
   TORCH_CHECK_VALUE(starts.front() == 0, "cu_seqlens must start at 0, got ", starts.front());
@@ -31,9 +37,7 @@ void check_offsets(const std::vector<int64_t>& starts, int64_t total_rows, int64
 }  // namespace
 
 std::vector<int64_t> sequence_starts(const at::Tensor& cu_seqlens) {
-  const auto host = cu_seqlens.to(at::kCPU, at::kLong).contiguous();
-  const int64_t* values = host.data_ptr<int64_t>();
-  return std::vector<int64_t>(values, values + host.numel());
+  return host_values(cu_seqlens);
 }
 
 void check_varlen_call(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
@@ -53,7 +57,7 @@ void check_varlen_call(const at::Tensor& query, const at::Tensor& key, const at:
   TORCH_CHECK_VALUE(cu_seqlens.device() == query.device(), "Device mismatch: query is on ",
                     query.device(), ", cu_seqlens is on ", cu_seqlens.device());
   TORCH_CHECK_VALUE(max_seqlen >= 0, "max_seqlen must be non-negative, got ", max_seqlen);
-  if (reads_values(cu_seqlens) && reads_values(query)) {
+  if (has_readable_values(cu_seqlens) && has_readable_values(query)) {
     check_offsets(sequence_starts(cu_seqlens), query.size(0), max_seqlen);
   }
 }

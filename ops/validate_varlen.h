@@ -17,6 +17,12 @@ namespace dilated_attention {
 void check_varlen_call(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                        const at::Tensor& cu_seqlens, int64_t max_seqlen, const AttentionArgs& args);
 
+// Whether t holds values the checks can read: not a Meta or fake (torch.compile) tensor.
+bool has_readable_values(const at::Tensor& t);
+
+// The values of an integer tensor, on the host (a sync on CUDA).
+std::vector<int64_t> host_values(const at::Tensor& t);
+
 // The offsets of a checked cu_seqlens, on the host.
 std::vector<int64_t> sequence_starts(const at::Tensor& cu_seqlens);
 

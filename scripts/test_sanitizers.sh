@@ -6,6 +6,7 @@
 # Any report fails the run: UBSan aborts on the first error (-fno-sanitize-recover).
 #   VENV       virtual environment with torch (default: .venv; scripts/setup.sh makes it)
 #   BUILD_DIR  where to build (default: build-asan)
+#   DILATED_ATTENTION_CUDA  AUTO (default), ON or OFF: whether the CUDA kernels are built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -14,7 +15,7 @@ export PATH="$PWD/$VENV/bin:$PATH"
 
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DPython3_EXECUTABLE="$PWD/$VENV/bin/python" -DDILATED_ATTENTION_SANITIZE=ON \
-  -DDILATED_ATTENTION_BUILD_BENCH=OFF >/dev/null
+  -DDILATED_ATTENTION_BUILD_BENCH=OFF -DDILATED_ATTENTION_CUDA="${DILATED_ATTENTION_CUDA:-AUTO}" >/dev/null
 cmake --build "$BUILD_DIR" -j"$(nproc)"
 
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0

@@ -41,6 +41,19 @@ at::Tensor longnet_attention(const at::Tensor& query, const at::Tensor& key,
                              bool is_causal = false, std::optional<double> scale = std::nullopt,
                              const std::optional<at::Tensor>& key_padding_mask = std::nullopt);
 
+// The decoding op (dilated_attention::dilated_attention_with_kv_cache): query [B, Nq, H, D] the
+// last Nq positions of causal sequences whose keys and values, cache and new tokens, are key /
+// value [B, Nk, H_kv, D] (any strides: transformers' [B, H_kv, Nk, D] cache transposed is read in
+// place). Equals the last Nq rows of dilated_attention_varlen over [0, Nk] (longnet: of
+// longnet_attention) at a cost per token independent of Nk. key_padding_mask bool [B, Nk];
+// sequence_starts int64 [B]: row b's sequence begins at key sequence_starts[b]. Forward only.
+at::Tensor dilated_attention_with_kv_cache(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    at::IntArrayRef segment_lengths, at::IntArrayRef dilation_rates,
+    std::optional<double> scale = std::nullopt,
+    const std::optional<at::Tensor>& key_padding_mask = std::nullopt,
+    const std::optional<at::Tensor>& sequence_starts = std::nullopt, bool longnet = false);
+
 // The recommended sequence-parallel op: this rank's rows [B, N/P, H, D] of q, k, v in, the same
 // rows of the output out. group_name: the c10d group's name ("" = one process);
 // key_padding_mask: this rank's rows [B, N/P].
