@@ -29,9 +29,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "== creating $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import torch, pytest, hypothesis, numpy, expecttest, matplotlib, scikit_build_core" 2>/dev/null; then
+# transformers: the package's optional extra (dilated_attention_pytorch.transformers), tested too.
+if ! "$VENV/bin/python" -c "import torch, pytest, hypothesis, numpy, expecttest, matplotlib, scikit_build_core, transformers" 2>/dev/null; then
   echo "== installing Python packages ($TORCH_REQUIREMENT)"
-  "$VENV/bin/pip" install -q "$TORCH_REQUIREMENT" pytest hypothesis numpy expecttest matplotlib "scikit-build-core>=0.10.5"
+  "$VENV/bin/pip" install -q "$TORCH_REQUIREMENT" pytest hypothesis numpy expecttest matplotlib "scikit-build-core>=0.10.5" "transformers>=4.56"
 fi
 
 if "$VENV/bin/python" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then

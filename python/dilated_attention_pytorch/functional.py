@@ -68,3 +68,26 @@ def longnet_attention(
     rates: List[int] = as_int_list(dilation_rates)
     return torch.ops.dilated_attention.longnet_attention(
         query, key, value, segments, rates, dropout_p, is_causal, scale, key_padding_mask)
+
+
+def dilated_attention_with_kv_cache(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segment_lengths: Sequence[int],
+    dilation_rates: Sequence[int],
+    scale: Optional[float] = None,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    sequence_starts: Optional[torch.Tensor] = None,
+    longnet: bool = False,
+) -> torch.Tensor:
+    """Decoding: query ``[B, Nq, H, D]`` is the last Nq positions of causal sequences whose keys
+    and values (cache and new tokens) are key/value ``[B, Nk, H_kv, D]`` (any strides, e.g.
+    transformers' ``[B, H_kv, Nk, D]`` cache transposed). The last Nq rows of
+    ``dilated_attention_varlen`` over ``[0, Nk]`` (``longnet=True``: of ``longnet_attention``),
+    reading only each query's segment. ``sequence_starts`` int64 ``[B]``: where row b's sequence
+    begins. Forward only. The op ``torch.ops.dilated_attention.dilated_attention_with_kv_cache``."""
+    segments: List[int] = as_int_list(segment_lengths)
+    rates: List[int] = as_int_list(dilation_rates)
+    return torch.ops.dilated_attention.dilated_attention_with_kv_cache(
+        query, key, value, segments, rates, scale, key_padding_mask, sequence_starts, longnet)
