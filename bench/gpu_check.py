@@ -23,6 +23,7 @@ from reference import dilated_attention_reference, head_groups, segment_position
 
 torch.ops.load_library(os.environ.get("DILATED_ATTENTION_OPS_LIB", str(ROOT / "build" / "libdilated_attention_ops.so")))
 OP = torch.ops.dilated_attention.dilated_attention
+KV_CACHE = torch.ops.dilated_attention.dilated_attention_with_kv_cache
 TOLERANCE = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 CASES = [((2, 96, 5, 64), [12, 24, 48], [1, 2, 3]), ((1, 128, 4, 128), [32, 64], [2, 4]),
          ((2, 64, 3, 32), [16, 64], [1, 2])]
@@ -46,9 +47,30 @@ def correctness(args):
                 ok = max(errors) < TOLERANCE[dtype]
                 rows.append({"shape": shape, "dtype": str(dtype), "causal": causal, "errors": errors, "ok": ok})
                 print(f"{str(shape):18} {str(dtype):15} causal={causal!s:5} max err {max(errors):.2e} {'ok' if ok else 'FAIL'}")
+    rows += kv_cache_correctness()
     Path(args.json).write_text(json.dumps(rows, indent=1))
     if not all(r["ok"] for r in rows):
         sys.exit("GPU correctness FAILED")
+
+
+def kv_cache_correctness():
+    """The decoding op on CUDA (cache as transposed views, left-padded rows) against the same op
+    in float64 on the CPU, which tests/python/test_kv_cache.py checks against the reference."""
+    rows = []
+    for longnet in (False, True):
+        for dtype in TOLERANCE:
+            k, v = (torch.randn(2, 4, 300, 64, dtype=torch.float64, device="cuda").transpose(1, 2)
+                    for _ in range(2))
+            q = torch.randn(2, 3, 8, 64, dtype=torch.float64, device="cuda")
+            starts = torch.tensor([0, 17], device="cuda")
+            args = ([64, 128], [1, 2], None, None)
+            out = KV_CACHE(*(t.to(dtype) for t in (q, k, v)), *args, starts, longnet)
+            ref = KV_CACHE(*(t.cpu() for t in (q, k, v)), *args, starts.cpu(), longnet)
+            error = (out.double().cpu() - ref).abs().max().item()
+            ok = error < TOLERANCE[dtype]
+            rows.append({"op": "kv_cache", "longnet": longnet, "dtype": str(dtype), "errors": [error], "ok": ok})
+            print(f"kv_cache longnet={longnet!s:5} {str(dtype):15} max err {error:.2e} {'ok' if ok else 'FAIL'}")
+    return rows
 
 
 def memcheck(_):
@@ -59,6 +81,8 @@ def memcheck(_):
         q = torch.randn(1, 64, 4, 64, device="cuda", dtype=dtype, requires_grad=True)
         kv = torch.randn(1, 64, 2, 64, device="cuda", dtype=dtype, requires_grad=True)
         OP(q, kv, kv, [16, 64], [1, 2], 0.0, True).sum().backward()
+    k = torch.randn(1, 2, 200, 64, device="cuda", dtype=torch.float16).transpose(1, 2)
+    KV_CACHE(torch.randn(1, 1, 4, 64, device="cuda", dtype=torch.float16), k, k, [64, 128], [1, 2])
     torch.cuda.synchronize()
     print("memcheck calls done")
 
@@ -123,13 +147,31 @@ def timing(args):
             rows.append({"config": [b, n, h, d], "method": name, "forward_ms": fwd, "fwd_bwd_ms": fwd_bwd,
                          "forward_tflops": work / fwd / 1e9, "fwd_bwd_tflops": 3.5 * work / fwd_bwd / 1e9,
                          "tokens_per_s": b * n / fwd * 1e3})
+    decode = decode_timing(segments, rates)
     Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                           "decode": decode,
                                            "note": "medians over 10 calls after 3 warm-ups, two sets of random inputs alternating", "rows": rows}, indent=1))
     print(f"{'config':22} {'method':12} {'fwd ms':>8} {'fwd TF/s':>9} {'f+b ms':>8} {'f+b TF/s':>9} {'vs base':>8}")
     for row in rows:
         base = next(r for r in rows if r["config"] == row["config"] and r["method"] == "gather_sdpa")
         print(f"{str(row['config']):22} {row['method']:12} {row['forward_ms']:8.2f} {row['forward_tflops']:9.1f} "
               f"{row['fwd_bwd_ms']:8.2f} {row['fwd_bwd_tflops']:9.1f} {base['forward_ms'] / row['forward_ms']:7.2f}x")
+
+
+def decode_timing(segments, rates):
+    """One decode step (B = 8, one new token, H = 32, H_kv = 8, D = 128, bf16) against the
+    cache's length: ours reads only the token's segments, SDPA the whole cache."""
+    rows = []
+    for n in (4096, 65536, 262144):
+        k, v = (torch.randn(8, 8, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        q = torch.randn(8, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            ours = time_ms(lambda q, k, v: KV_CACHE(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), segments, rates),
+                           [[q, k, v]])
+            sdpa = time_ms(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), [[q, k, v]])
+        rows.append({"cache": n, "ours_ms": ours, "sdpa_ms": sdpa})
+        print(f"decode step, cache {n:7}: ours {ours:7.3f} ms, SDPA over the cache {sdpa:7.3f} ms ({sdpa / ours:5.2f}x)")
+    return rows
 
 
 if __name__ == "__main__":

@@ -99,12 +99,21 @@ void attend_part(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const auto mask = padding.defined()
                         ? strided_rows(padding, part.first_key, part.keys, part.step()).contiguous()
                         : at::Tensor();
+  // ATen's CPU attention kernel reads a last dimension of stride 1 only, and gives its output
+  // the query's strides: the part's few rows are copied where the caller's layout has another
+  // head-dim stride (keys) or may overlap (queries; a view of it is cheap to copy), never the
+  // whole cache.
   auto keys_of = [&](const at::Tensor& x) {
-    return without_non_finite_padding(strided_rows(x, part.first_key, part.keys, part.step()), mask)
-        .narrow(2, kv_group.first_head, kv_group.num_heads)
-        .transpose(1, 2);
+    auto rows =
+        without_non_finite_padding(strided_rows(x, part.first_key, part.keys, part.step()), mask)
+            .narrow(2, kv_group.first_head, kv_group.num_heads);
+    if (rows.stride(-1) != 1) rows = rows.contiguous();
+    return rows.transpose(1, 2);
   };
-  const auto q_view = strided_head_rows(q, part.first_query, part.queries, part.step(), group);
+  const auto q_view = strided_rows(q, part.first_query, part.queries, part.step())
+                          .narrow(2, group.first_head, group.num_heads)
+                          .contiguous()
+                          .transpose(1, 2);
   const auto k_view = keys_of(k), v_view = keys_of(v);
   const auto out_places =
       strided_head_rows(acc.out, part.first_query, part.queries, part.step(), group);

@@ -34,5 +34,6 @@ LD_PRELOAD="$asan_runtime $cxx_runtime" DILATED_ATTENTION_OPS_LIB="$PWD/$BUILD_D
   tests/python/test_layouts.py tests/python/test_misuse_hardening.py \
   tests/python/test_validation.py tests/python/test_forward_backward.py \
   tests/python/test_distributed_edge_shapes.py tests/python/test_gqa.py \
-  tests/python/test_key_padding_mask.py tests/python/test_varlen.py tests/python/test_longnet.py
+  tests/python/test_key_padding_mask.py tests/python/test_varlen.py tests/python/test_longnet.py \
+  tests/python/test_kv_cache.py
 echo "== sanitizers (ASan + UBSan): ctest and the Python smoke subset passed"

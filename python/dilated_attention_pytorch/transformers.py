@@ -111,6 +111,13 @@ class DilatedAttentionFunction:
             k, v = k[:, :real.shape[1]], v[:, :real.shape[1]]
         elif real is not None:
             real = real[:, -k.shape[1]:]
+        if real is None and position_ids is not None and q.shape[1] < k.shape[1]:
+            # A static cache without padding (generate drops an all-ones mask): without a mask
+            # the positions are cache indices, and slots past the last one are not written yet.
+            # (A read of position_ids: a sync on CUDA, a graph break under torch.compile.)
+            written = int(position_ids.max()) + 1
+            if q.shape[1] <= written < k.shape[1]:
+                k, v = k[:, :written], v[:, :written]
         if q.shape[1] < k.shape[1]:
             return self._decode(q, k, v, real, dropout, bool(is_causal), scaling), None
         if q.shape[1] > k.shape[1]:

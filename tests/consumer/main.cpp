@@ -30,6 +30,13 @@ int main() {
   const auto full = at::matmul(full_weights, v.transpose(1, 2)).transpose(1, 2);
   const double longnet_error = (longnet - full).abs().max().item<double>();
 
+  // Decoding the last 3 positions with the cache: the last rows of the causal core op (N = 32,
+  // a multiple of the segment, so the core op and the KV-cache op see the same segments).
+  const auto causal = dilated_attention::dilated_attention(q, k, v, {16}, {1}, 0.0, true);
+  const auto decoded =
+      dilated_attention::dilated_attention_with_kv_cache(q.narrow(1, 29, 3), k, v, {16}, {1});
+  const double decode_error = (decoded - causal.narrow(1, 29, 3)).abs().max().item<double>();
+
   bool raised = false;
   try {
     dilated_attention::dilated_attention(q, k, v, {}, {});
@@ -39,6 +46,10 @@ int main() {
   }
   std::cout << "consumer: max error vs segment attention " << error << ", ring vs core "
             << ring_error << ", longnet vs full attention " << longnet_error
+            << ", KV-cache decoding vs causal " << decode_error
             << ", ValueError on empty segment_lengths: " << (raised ? "yes" : "no") << "\n";
-  return error < 1e-12 && ring_error < 1e-12 && longnet_error < 1e-12 && raised ? 0 : 1;
+  return error < 1e-12 && ring_error < 1e-12 && longnet_error < 1e-12 && decode_error < 1e-12 &&
+                 raised
+             ? 0
+             : 1;
 }

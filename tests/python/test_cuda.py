@@ -8,6 +8,7 @@ tests/cpp/test_device_kernels.cpp.)
 import pytest
 import torch
 
+from kv_cache_reference import kv_cache_reference
 from longnet_reference import longnet_reference
 from reference import dilated_attention_reference, dilated_attention_varlen_reference
 
@@ -168,6 +169,27 @@ def test_longnet_matches_the_reference(dtype, is_causal):
     for name, a, b in zip("qkv", (q, k, v), ref_in):
         torch.testing.assert_close(a.grad.double().cpu(), b.grad, atol=tol, rtol=tol,
                                    msg=lambda m, name=name: f"grad_{name}: {m}")
+
+
+@pytest.mark.parametrize("longnet", [False, True], ids=["dilated", "longnet"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_kv_cache_decoding_matches_the_reference(dtype, longnet):
+    """The decoding op on CUDA: transformers' [B, H_kv, Nk, D] cache read through transposed
+    views, Nk past the last whole segment, one and several new tokens, left-padded rows (the mask
+    is refused on CUDA, sequence_starts is not)."""
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    segments, rates = [16, 32], [1, 2]
+    k, v = (torch.randn(2, 4, 45, 64, generator=gen, device="cuda").to(dtype).transpose(1, 2)
+            for _ in range(2))
+    starts = torch.tensor([0, 9], device="cuda")
+    for queries in (1, 5):
+        q = torch.randn(2, queries, 8, 64, generator=gen, device="cuda").to(dtype)
+        out = ops.dilated_attention_with_kv_cache(q, k, v, segments, rates, None, None, starts,
+                                                   longnet)
+        ref = kv_cache_reference(*(t.double().cpu() for t in (q, k, v)), segments, rates,
+                                 sequence_starts=starts.cpu(), longnet=longnet)
+        tol = TOLERANCE[dtype]
+        torch.testing.assert_close(out.double().cpu(), ref, atol=tol, rtol=tol)
 
 
 def test_no_host_sync_in_forward_and_backward():

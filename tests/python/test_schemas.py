@@ -83,6 +83,12 @@ EXPECTED = {
         'int max_seqlen, int[] segment_lengths, int[] dilation_rates, float dropout_p=0., '
         'bool is_causal=False, float? scale=None) -> Tensor'
     ),
+    "dilated_attention_with_kv_cache": (
+        'dilated_attention_with_kv_cache(Tensor query, Tensor key, Tensor value, '
+        'int[] segment_lengths, int[] dilation_rates, float? scale=None, '
+        'Tensor? key_padding_mask=None, Tensor? sequence_starts=None, '
+        'bool longnet=False) -> Tensor'
+    ),
     "bytes_sent_by_last_call": (
         'bytes_sent_by_last_call() -> int'
     ),
