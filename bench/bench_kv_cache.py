@@ -45,6 +45,8 @@ import statistics
 import time
 from pathlib import Path
 
+from machine import cpu_model  # bench/machine.py
+
 import torch
 import torch.nn.functional as F
 
@@ -185,15 +187,6 @@ def peak_growth(method, x, fn=None):
     fn() if fn else step(method, x)
     return status_bytes("VmHWM") - before
 
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- plot ---

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model  # bench/machine.py
+
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,15 +151,6 @@ def timed(fn):
     fn()
     return time.perf_counter() - start
 
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main():

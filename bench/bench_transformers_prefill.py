@@ -13,13 +13,14 @@ warm-up, all variants in one run; tokens/s and the ratio to sdpa in JSON.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from machine import cpu_model  # bench/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DILATED_ATTENTION_OPS_LIB", str(ROOT / "build" / "libdilated_attention_ops.so"))
@@ -31,15 +32,6 @@ from dilated_attention_pytorch.transformers import register  # noqa: E402
 
 SEGMENTS, RATES = [2048, 4096, 8192], [1, 2, 4]
 
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def seconds(model, ids, repeats):
@@ -73,7 +65,7 @@ def main():
         model.set_attn_implementation(name)
         rows[name] = seconds(model, ids, args.repeats)
     result = {
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "model": "LlamaForCausalLM, 2 layers, hidden 256, 4 heads (D = 64), 2 key/value heads",
         "tokens": args.tokens, "segment_lengths": SEGMENTS, "dilation_rates": RATES,
         "note": f"float32, no grad, median of {args.repeats} forwards after a warm-up",
