@@ -5,21 +5,23 @@
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/logsumexp.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <limits>
+#include <vector>
+
+#include "kernels/cpu/row_kernels.h"
 
 namespace dilated_attention {
 namespace {
 
 // Query rows per block: the score block is kQueryBlock x L, small enough to stay in cache-sized
 // pieces for L in the thousands.
-constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kQueryBlock = 128;
 
 // Global coordinates of one (view batch, view head) slice of a view.
 struct SliceCoordinates {
@@ -40,56 +42,69 @@ at::Tensor slice_as(const at::Tensor& x, int64_t view_batch, int64_t view_head,
   return x.select(0, view_batch).select(0, view_head).to(dtype).contiguous();
 }
 
-// Per-weight factors of the dropout mask for query rows [first_row, first_row + rows) and every
-// key: 1 / (1 - p) where the weight is kept, 0 where it is dropped. The hash is the only scalar
-// loop of this kernel; the softmax and products run as vectorised ATen ops on the block.
+// The keep factors of query row `row` (1 / (1 - p) where kept, 0 where dropped) for keys
+// [0, visible), and 0 for keys [visible, n), which the row does not see.
 template <typename acc_t>
-at::Tensor keep_factors(int64_t rows, int64_t cols, int64_t first_row, const SliceCoordinates& at,
-                        const DropoutMask& mask, const at::TensorOptions& options) {
-  auto factors = at::empty({rows, cols}, options);
-  acc_t* out = factors.data_ptr<acc_t>();
-  const auto keep_scale = static_cast<acc_t>(mask.keep_scale());
-  for (int64_t i = 0; i < rows; ++i) {
-    const uint64_t row_key = mask.row_key(at.batch, at.head, at.query_position(first_row + i));
-    for (int64_t j = 0; j < cols; ++j) {
-      out[i * cols + j] = mask.keeps(row_key, at.key_position(j)) ? keep_scale : acc_t(0);
-    }
-  }
-  return factors;
+void fill_keep_row(acc_t* keep, int64_t n, int64_t visible, int64_t row, const SliceCoordinates& at,
+                   const DropoutMask& mask) {
+  row_kernels<acc_t>().keep_factors(mask.row_key(at.batch, at.head, at.query_position(row)),
+                                    mask.drop_below(), static_cast<acc_t>(mask.keep_scale()),
+                                    at.key_first, at.step, visible, keep);
+  std::fill(keep + visible, keep + n, acc_t(0));
 }
 
-// Scaled scores of a query block against all keys, with -inf above the causal diagonal and at
-// padded keys (`padded`: [Lk] bool, or undefined).
-at::Tensor block_scores(const at::Tensor& q_block, const at::Tensor& key_t, int64_t first_row,
-                        bool is_causal, double scale, const at::Tensor& padded) {
-  auto scores = at::mm(q_block, key_t).mul_(scale);
-  if (padded.defined()) {
-    scores.masked_fill_(padded.unsqueeze(0), -std::numeric_limits<double>::infinity());
-  }
-  if (is_causal) {
-    const auto opts = scores.options().dtype(at::kLong);
-    const auto above = at::arange(scores.size(1), opts).unsqueeze(0) >
-                       at::arange(first_row, first_row + scores.size(0), opts).unsqueeze(1);
-    scores.masked_fill_(above, -std::numeric_limits<double>::infinity());
-  }
-  return scores;
+// Keys query row i of a block starting at `first` may see: a causal block is square.
+int64_t visible_keys(bool is_causal, int64_t first, int64_t i, int64_t key_len) {
+  return is_causal ? std::min(key_len, first + i + 1) : key_len;
 }
 
+// `padded` ([Lk] bool or undefined) as [Lk] flags in the accumulation dtype (1 = padded), the
+// form the row kernels read; null data without a mask.
+at::Tensor padding_flags(const at::Tensor& padded, at::ScalarType acc) {
+  return padded.defined() ? padded.to(acc).contiguous() : at::Tensor();
+}
+
+template <typename acc_t>
+const acc_t* data_or_null(const at::Tensor& x) {
+  return x.defined() ? x.const_data_ptr<acc_t>() : nullptr;
+}
+
+// Each query block's scores come from one GEMM; one pass per row then makes them the dropped-out,
+// unnormalised softmax weights with the mask drawn in the same pass (row_kernels.h), one more GEMM
+// gives the block's output, and each output row is normalised once, as a D-vector.
 template <typename acc_t>
 void forward_slice(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out,
-                   at::Tensor lse, bool is_causal, double scale, const DropoutMask& mask,
+                   acc_t* lse, bool is_causal, double scale, const DropoutMask& mask,
                    const SliceCoordinates& at, const at::Tensor& padded) {
   const int64_t query_len = q.size(0), key_len = k.size(0);
   const auto key_t = k.t();
+  const auto flags = padding_flags(padded, q.scalar_type());
+  const acc_t* pad = data_or_null<acc_t>(flags);
+  const auto& rows = row_kernels<acc_t>();
+  const int64_t block_rows = std::min(kQueryBlock, query_len);
+  auto scores = at::empty({block_rows, key_len}, q.options());
+  auto inverse_sums = at::empty({block_rows, 1}, q.options());
+  std::vector<acc_t> keep(static_cast<size_t>(key_len));
   for (int64_t first = 0; first < query_len; first += kQueryBlock) {
-    const int64_t rows = std::min(kQueryBlock, query_len - first);
-    const auto scores =
-        block_scores(q.narrow(0, first, rows), key_t, first, is_causal, scale, padded);
-    const auto block_lse = at::logsumexp(scores, 1, /*keepdim=*/true);
-    lse.narrow(0, first, rows).copy_(block_lse.squeeze(1));
-    auto weights = scores.sub_(block_lse).exp_();
-    weights.mul_(keep_factors<acc_t>(rows, key_len, first, at, mask, weights.options()));
-    out.narrow(0, first, rows).copy_(at::mm(weights, v));
+    const int64_t block = std::min(kQueryBlock, query_len - first);
+    auto block_scores = scores.narrow(0, 0, block);
+    at::mm_out(block_scores, q.narrow(0, first, block), key_t);
+    acc_t* s = block_scores.data_ptr<acc_t>();
+    acc_t* inverse = inverse_sums.data_ptr<acc_t>();
+    for (int64_t i = 0; i < block; ++i) {
+      const int64_t row = first + i;
+      const DropoutRow<acc_t> dropout{mask.row_key(at.batch, at.head, at.query_position(row)),
+                                      mask.drop_below(), static_cast<acc_t>(mask.keep_scale()),
+                                      at.key_first, at.step};
+      const auto softmax =
+          rows.softmax_row(s + i * key_len, key_len, visible_keys(is_causal, first, i, key_len),
+                           static_cast<acc_t>(scale), pad, &dropout, keep.data());
+      lse[row] = softmax.lse;
+      inverse[i] = softmax.inverse_sum;
+    }
+    auto out_block = out.narrow(0, first, block);
+    at::mm_out(out_block, block_scores, v);
+    out_block.mul_(inverse_sums.narrow(0, 0, block));
   }
 }
 
@@ -102,20 +117,30 @@ void backward_slice(const at::Tensor& grad_out, const at::Tensor& q, const at::T
   const int64_t query_len = q.size(0), key_len = k.size(0);
   const auto key_t = k.t();
   const auto value_t = v.t();
+  const auto flags = padding_flags(padded, q.scalar_type());
+  const acc_t* pad = data_or_null<acc_t>(flags);
+  const acc_t* row_lse = lse.const_data_ptr<acc_t>();
+  const auto& rows = row_kernels<acc_t>();
   for (int64_t first = 0; first < query_len; first += kQueryBlock) {
-    const int64_t rows = std::min(kQueryBlock, query_len - first);
-    const auto q_block = q.narrow(0, first, rows);
-    const auto dout_block = grad_out.narrow(0, first, rows);
-    // The globally normalised weights W, recomputed from the saved log-sum-exp.
-    const auto weights = block_scores(q_block, key_t, first, is_causal, scale, padded)
-                             .sub_(lse.narrow(0, first, rows).unsqueeze(1))
-                             .exp_();
-    const auto keep = keep_factors<acc_t>(rows, key_len, first, at, mask, weights.options());
+    const int64_t block = std::min(kQueryBlock, query_len - first);
+    const auto q_block = q.narrow(0, first, block);
+    const auto dout_block = grad_out.narrow(0, first, block);
+    // The globally normalised weights W, recomputed from the saved log-sum-exp, and the mask.
+    auto weights = at::mm(q_block, key_t);
+    auto keep = at::empty_like(weights);
+    acc_t* w = weights.data_ptr<acc_t>();
+    acc_t* kf = keep.data_ptr<acc_t>();
+    for (int64_t i = 0; i < block; ++i) {
+      const int64_t visible = visible_keys(is_causal, first, i, key_len);
+      rows.weights_row(w + i * key_len, key_len, visible, static_cast<acc_t>(scale), pad,
+                       row_lse[first + i]);
+      fill_keep_row(kf + i * key_len, key_len, visible, first + i, at, mask);
+    }
     grad_v.addmm_(weights.mul(keep).t(), dout_block);
     // dS = W * (keep * (dO V^T) - rowsum(dO * O)): the softmax backward through the dropout.
-    const auto row_dot = (dout_block * out.narrow(0, first, rows)).sum(1, /*keepdim=*/true);
+    const auto row_dot = (dout_block * out.narrow(0, first, block)).sum(1, /*keepdim=*/true);
     const auto grad_scores = at::mm(dout_block, value_t).mul_(keep).sub_(row_dot).mul_(weights);
-    grad_q.narrow(0, first, rows).copy_(at::mm(grad_scores, k).mul_(scale));
+    grad_q.narrow(0, first, block).copy_(at::mm(grad_scores, k).mul_(scale));
     grad_k.addmm_(grad_scores.t(), q_block, /*beta=*/1, /*alpha=*/scale);
   }
 }
@@ -162,10 +187,11 @@ std::tuple<at::Tensor, at::Tensor> dropout_attention_forward(
   AT_DISPATCH_FLOATING_TYPES(acc, "dropout_attention_forward", [&] {
     for_each_slice(q, [&](int64_t b, int64_t h) {
       auto out_acc = at::empty({q.size(2), q.size(3)}, q.options().dtype(acc));
+      auto lse_row = lse.select(0, b).select(0, h);  // contiguous: lse is new
       forward_slice<scalar_t>(slice_as(q, b, h, acc), slice_as(k, b, h / share, acc),
-                              slice_as(v, b, h / share, acc), out_acc,
-                              lse.select(0, b).select(0, h), is_causal, scale, mask,
-                              slice_coordinates(where, b, h), padded_keys(key_padding, b));
+                              slice_as(v, b, h / share, acc), out_acc, lse_row.data_ptr<scalar_t>(),
+                              is_causal, scale, mask, slice_coordinates(where, b, h),
+                              padded_keys(key_padding, b));
       out.select(0, b).select(0, h).copy_(out_acc);
     });
   });

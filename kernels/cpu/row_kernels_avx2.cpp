@@ -1,0 +1,5 @@
+// The AVX2 build of the row loops (vectorised exp and max; the mask's 64-bit multiplies stay
+// scalar, AVX2 has none). CMake compiles this file with -mavx2 -mfma -mf16c and
+// CPU_CAPABILITY=AVX2, CPU_CAPABILITY_AVX2, as ATen builds its AVX2 kernels.
+#define ROW_KERNELS_TABLE row_kernels_avx2
+#include "kernels/cpu/row_kernels_impl.h"

@@ -1,0 +1,27 @@
+// The portable build of the row loops: at::vec's generic vectors, for every CPU.
+#define ROW_KERNELS_TABLE row_kernels_default
+#include "kernels/cpu/row_kernels_impl.h"
+
+#if DILATED_ATTENTION_NO_X86_TABLES
+// A compiler without x86 vector flags builds no AVX2 / AVX-512 table; row_kernels() then never
+// asks for them.
+namespace dilated_attention {
+bool row_kernels_x86_compiled() { return false; }
+template <>
+const RowKernels<float>& row_kernels_avx512<float>() {
+  return row_kernels_default<float>();
+}
+template <>
+const RowKernels<double>& row_kernels_avx512<double>() {
+  return row_kernels_default<double>();
+}
+template <>
+const RowKernels<float>& row_kernels_avx2<float>() {
+  return row_kernels_default<float>();
+}
+template <>
+const RowKernels<double>& row_kernels_avx2<double>() {
+  return row_kernels_default<double>();
+}
+}  // namespace dilated_attention
+#endif
