@@ -1,6 +1,7 @@
-// The CPU's attention kernels: ATen's CPU flash attention, and our dropout kernel for
-// dropout_p > 0 (ATen's CPU flash kernel has no dropout). Both take every dtype the ops accept
-// and any head dim, so nothing is rejected here.
+// The CPU's attention kernels: ATen's CPU flash attention; our fused forward where it was
+// measured faster (kernels/cpu/flash_attention_cpu.h); our dropout kernel for dropout_p > 0
+// (ATen's CPU flash kernel has no dropout). Together they take every dtype the ops accept and any
+// head dim, so nothing is rejected here.
 #include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu.h>
 #include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu_backward.h>
 #include <ATen/ops/zeros.h>
@@ -9,6 +10,7 @@
 #include <optional>
 
 #include "kernels/cpu/dropout_attention_cpu.h"
+#include "kernels/cpu/flash_attention_cpu.h"
 #include "kernels/device_kernels.h"
 #include "kernels/lse_merge.h"
 
@@ -31,6 +33,7 @@ std::tuple<at::Tensor, at::Tensor> cpu_forward(const at::Tensor& q, const at::Te
     return dropout_attention_forward(q, k, v, options.is_causal, options.scale, *options.dropout,
                                      options.where, options.key_padding);
   }
+  if (fused_forward_takes(q, k, options)) return fused_attention_forward(q, k, v, options);
   return at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, options.is_causal,
                                                          padding_bias(q, options), options.scale);
 }

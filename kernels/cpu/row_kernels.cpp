@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/cpu/flash_rows.h"
+
 namespace dilated_attention {
 namespace {
 
@@ -49,6 +51,26 @@ const RowKernels<T>& row_kernels() {
 
 template const RowKernels<float>& row_kernels<float>();
 template const RowKernels<double>& row_kernels<double>();
+
+template <typename W>
+const FlashRowKernels<W>& flash_row_kernels() {
+  static const FlashRowKernels<W>& picked =
+      std::strcmp(capability(), "avx512") == 0 ? flash_row_kernels_avx512<W>()
+      : std::strcmp(capability(), "avx2") == 0 ? flash_row_kernels_avx2<W>()
+                                               : flash_row_kernels_default<W>();
+  return picked;
+}
+
+TransposeWords transpose_words() {
+  static const TransposeWords picked =
+      std::strcmp(capability(), "avx512") == 0 ? transpose_words_avx512()
+      : std::strcmp(capability(), "avx2") == 0 ? transpose_words_avx2()
+                                               : transpose_words_default();
+  return picked;
+}
+
+template const FlashRowKernels<float>& flash_row_kernels<float>();
+template const FlashRowKernels<c10::BFloat16>& flash_row_kernels<c10::BFloat16>();
 
 const char* row_kernels_capability() { return capability(); }
 

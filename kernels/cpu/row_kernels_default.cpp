@@ -1,5 +1,8 @@
 // The portable build of the row loops: at::vec's generic vectors, for every CPU.
 #define ROW_KERNELS_TABLE row_kernels_default
+#define FLASH_ROWS_TABLE flash_row_kernels_default
+#define FLASH_TRANSPOSE transpose_words_default
+#include "kernels/cpu/flash_rows_impl.h"
 #include "kernels/cpu/row_kernels_impl.h"
 
 #if DILATED_ATTENTION_NO_X86_TABLES
@@ -22,6 +25,24 @@ const RowKernels<float>& row_kernels_avx2<float>() {
 template <>
 const RowKernels<double>& row_kernels_avx2<double>() {
   return row_kernels_default<double>();
+}
+TransposeWords transpose_words_avx512() { return transpose_words_default(); }
+TransposeWords transpose_words_avx2() { return transpose_words_default(); }
+template <>
+const FlashRowKernels<float>& flash_row_kernels_avx512<float>() {
+  return flash_row_kernels_default<float>();
+}
+template <>
+const FlashRowKernels<c10::BFloat16>& flash_row_kernels_avx512<c10::BFloat16>() {
+  return flash_row_kernels_default<c10::BFloat16>();
+}
+template <>
+const FlashRowKernels<float>& flash_row_kernels_avx2<float>() {
+  return flash_row_kernels_default<float>();
+}
+template <>
+const FlashRowKernels<c10::BFloat16>& flash_row_kernels_avx2<c10::BFloat16>() {
+  return flash_row_kernels_default<c10::BFloat16>();
 }
 }  // namespace dilated_attention
 #endif

@@ -1,0 +1,32 @@
+// Our fused attention forward on the CPU, for the calls where it beats ATen's CPU flash kernel
+// (which the CPU's kernel table uses otherwise, and for every backward). Query blocks run an
+// online softmax over key blocks; both products go through oneDNN's brgemm microkernel
+// (at::native::cpublas::brgemm): bfloat16 with bf16 dot products into float32 accumulators,
+// float32 with FMAs. Keys and values of one (view batch, key head) are packed once into the
+// layouts the microkernel reads (the transposed keys; for bfloat16 the VNNI pairs of rows), so
+// strided group views are read in place and never gathered per query head.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+#include "kernels/block_options.h"
+
+namespace dilated_attention {
+
+// Whether the fused forward takes this call: a dtype and head dim it computes, on a CPU where it
+// was measured faster than ATen's kernel (flash_attention_cpu.cpp says where), without dropout.
+// DILATED_ATTENTION_CPU_ATTENTION=aten never takes it, =fused takes it wherever it can run (so
+// the tests compare both paths on one machine).
+bool fused_forward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options);
+
+// The DeviceKernels::Forward contract (kernels/device_kernels.h), dropout aside: q [B', h, Lq, D],
+// k and v [B', h_kv, Lk, D] with any strides; (output [B', h, Lq, D] in q's dtype, log-sum-exp
+// [B', h, Lq] float32). Exact NaN rules: a row with a visible NaN or +inf score, or whose visible
+// scores are all -inf, is NaN (output and log-sum-exp); padded keys' values are never read.
+std::tuple<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& q, const at::Tensor& k,
+                                                           const at::Tensor& v,
+                                                           const BlockOptions& options);
+
+}  // namespace dilated_attention

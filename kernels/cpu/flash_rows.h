@@ -1,0 +1,60 @@
+// The per-row loops of the CPU's fused attention forward (kernels/cpu/flash_attention_cpu.cpp):
+// one query row's online softmax over one key block, and the row's final normalisation. Compiled
+// once per CPU capability beside the dropout kernel's row loops (row_kernels.h), picked the same
+// way.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+
+namespace dilated_attention {
+
+// A query row's running state over the key blocks seen so far: the maximum scaled score and the
+// sum of exp(score - max). Starts at {-inf, 0}; a NaN maximum marks a row whose result is NaN
+// (some visible score NaN or +inf).
+struct OnlineSoftmaxRow {
+  float max;
+  float sum;
+};
+
+template <typename W>  // float or c10::BFloat16: the dtype the weights are multiplied in
+struct FlashRowKernels {
+  // Raw scores q.k of one row against a block of n keys (scale > 0: kernels/block_attention.cpp
+  // negates the queries of a negative scale and zeroes those of a zero one), of which keys [0,
+  // visible) may be seen (the rest lie above the causal diagonal) and padded[j] != 0 marks padding
+  // (padded may be null). Overwrites scores; writes weights[j] = exp(scale * q.k - max) for the
+  // seen keys, 0 for the others and for j in [n, weights_len) (the even padding a VNNI block
+  // needs), with max the row's new running maximum; scales acc_row (head_dim values, the row's
+  // output so far) by exp(old max - new max) and updates `row`.
+  void (*online_block)(float* scores, int64_t n, int64_t visible, float scale, const float* padded,
+                       OnlineSoftmaxRow& row, W* weights, int64_t weights_len, float* acc_row,
+                       int64_t head_dim) = nullptr;
+  // out[d] = acc_row[d] / row.sum in the output dtype, and the row's log-sum-exp, NaN rows NaN.
+  // A row that saw no finite score (row.max -inf) is NaN too: softmax over nothing, or over
+  // scores that are all -inf; the caller zeroes rows that see no key at all.
+  float (*finish_row)(const float* acc_row, int64_t head_dim, const OnlineSoftmaxRow& row,
+                      W* out) = nullptr;
+};
+
+// dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols: a transpose of 32-bit words
+// (floats, or pairs of bf16 moved as one word), bit patterns kept. Packs keys for the products.
+using TransposeWords = void (*)(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,
+                                int64_t rows, int64_t cols);
+TransposeWords transpose_words();
+TransposeWords transpose_words_default();
+TransposeWords transpose_words_avx2();
+TransposeWords transpose_words_avx512();
+
+// The tables for the CPU this process runs on, picked as row_kernels() picks its own.
+template <typename W>
+const FlashRowKernels<W>& flash_row_kernels();
+
+template <typename W>
+const FlashRowKernels<W>& flash_row_kernels_default();
+template <typename W>
+const FlashRowKernels<W>& flash_row_kernels_avx2();
+template <typename W>
+const FlashRowKernels<W>& flash_row_kernels_avx512();
+
+}  // namespace dilated_attention

@@ -1,0 +1,154 @@
+// The row loops of flash_rows.h, written once with ATen's at::vec and compiled once per CPU
+// capability by the files that build row_kernels_impl.h (row_kernels_{default,avx2,avx512}.cpp),
+// which also define FLASH_ROWS_TABLE and FLASH_TRANSPOSE, the names of their table functions.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "kernels/cpu/flash_rows.h"
+#include "kernels/cpu/row_kernels_impl.h"
+
+namespace dilated_attention {
+namespace CPU_CAPABILITY {
+
+// The larger of two maxima, NaN when either is NaN.
+inline float nan_max(float a, float b) {
+  return (std::isnan(a) || std::isnan(b)) ? std::numeric_limits<float>::quiet_NaN()
+                                          : std::max(a, b);
+}
+
+// dst[j] = src[j] * factor in W, for j < n.
+template <typename W>
+void store_scaled(const float* src, float factor, int64_t n, W* dst) {
+  using Vec = Vectorized<float>;
+  constexpr int64_t width = Vec::size();
+  const Vec vfactor(factor);
+  int64_t j = 0;
+  if constexpr (std::is_same_v<W, float>) {
+    for (; j + width <= n; j += width) (Vec::loadu(src + j) * vfactor).store(dst + j);
+  } else {
+    for (; j + 2 * width <= n; j += 2 * width) {
+      at::vec::convert_from_float<W>(Vec::loadu(src + j) * vfactor,
+                                     Vec::loadu(src + j + width) * vfactor)
+          .store(dst + j);
+    }
+  }
+  for (; j < n; ++j) dst[j] = W(src[j] * factor);
+}
+
+// The maximum of scores[0, n), NaN when one is NaN.
+inline float max_of(const float* scores, int64_t n) {
+  using Vec = Vectorized<float>;
+  constexpr int64_t width = Vec::size();
+  Vec vmax(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + width <= n; j += width) vmax = at::vec::maximum(vmax, Vec::loadu(scores + j));
+  float max =
+      at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
+  for (; j < n; ++j) max = nan_max(max, scores[j]);
+  return max;
+}
+
+// weights[j] = exp(scale * scores[j] - max) in W for j < n (one FMA before the exponential);
+// returns the sum of the float exponentials (before any rounding to W).
+template <typename W>
+float exp_into(const float* scores, int64_t n, float scale, float max, W* weights) {
+  using Vec = Vectorized<float>;
+  constexpr int64_t width = Vec::size();
+  const Vec vscale(scale), vneg_max(-max);
+  Vec vsum(0.0f);
+  int64_t j = 0;
+  if constexpr (std::is_same_v<W, float>) {
+    for (; j + width <= n; j += width) {
+      const Vec e = at::vec::fmadd(Vec::loadu(scores + j), vscale, vneg_max).exp_u20();
+      vsum = vsum + e;
+      e.store(weights + j);
+    }
+  } else {
+    for (; j + 2 * width <= n; j += 2 * width) {
+      const Vec e0 = at::vec::fmadd(Vec::loadu(scores + j), vscale, vneg_max).exp_u20();
+      const Vec e1 = at::vec::fmadd(Vec::loadu(scores + j + width), vscale, vneg_max).exp_u20();
+      vsum = vsum + e0 + e1;
+      at::vec::convert_from_float<W>(e0, e1).store(weights + j);
+    }
+  }
+  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, vsum);
+  for (; j < n; ++j) {
+    const float e = std::exp(std::fma(scores[j], scale, -max));
+    sum += e;
+    weights[j] = W(e);
+  }
+  return sum;
+}
+
+template <typename W>
+void online_block(float* scores, int64_t n, int64_t visible, float scale, const float* padded,
+                  OnlineSoftmaxRow& row, W* weights, int64_t weights_len, float* acc_row,
+                  int64_t head_dim) {
+  const float infinity = std::numeric_limits<float>::infinity();
+  // Without masking the scale goes into the exponential's FMA (scale > 0: the caller negates
+  // queries for a negative one, so the maximum of scaled scores is the scaled maximum);
+  // otherwise one pass scales and masks first.
+  const bool masked = padded != nullptr || visible < n;
+  const float block_max =
+      masked ? masked_scaled_max(scores, n, visible, scale, padded) : max_of(scores, n) * scale;
+  const float exp_scale = masked ? 1.0f : scale;
+  const float new_max = nan_max(row.max, block_max);
+  if (!(new_max > -infinity && new_max < infinity)) {
+    // -inf: nothing seen yet, nothing to add. NaN or +inf: the row is NaN whatever follows.
+    if (new_max != -infinity) row.max = std::numeric_limits<float>::quiet_NaN();
+    std::fill(weights, weights + weights_len, W(0));
+    return;
+  }
+  const float rescale = std::exp(row.max - new_max);  // 0 before the first finite block
+  const float sum = exp_into(scores, n, exp_scale, new_max, weights);
+  std::fill(weights + n, weights + weights_len, W(0));
+  if (rescale != 1.0f) store_scaled(acc_row, rescale, head_dim, acc_row);
+  row.sum = row.sum * rescale + sum;
+  row.max = new_max;
+}
+
+template <typename W>
+float finish_row(const float* acc_row, int64_t head_dim, const OnlineSoftmaxRow& row, W* out) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  if (!(row.max > -std::numeric_limits<float>::infinity())) {  // NaN or -inf
+    std::fill(out, out + head_dim, W(nan));
+    return nan;
+  }
+  store_scaled(acc_row, 1.0f / row.sum, head_dim, out);
+  return row.max + std::log(row.sum);
+}
+
+inline void transpose_words(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,
+                            int64_t rows, int64_t cols) {
+  at::vec::transpose_mxn<float>(src, ld_src, dst, ld_dst, static_cast<int>(rows),
+                                static_cast<int>(cols));
+}
+
+template <typename W>
+const FlashRowKernels<W>& flash_table() {
+  static const FlashRowKernels<W> kernels{&online_block<W>, &finish_row<W>};
+  return kernels;
+}
+
+}  // namespace CPU_CAPABILITY
+
+TransposeWords FLASH_TRANSPOSE() { return &CPU_CAPABILITY::transpose_words; }
+
+template <>
+const FlashRowKernels<float>& FLASH_ROWS_TABLE<float>() {
+  return CPU_CAPABILITY::flash_table<float>();
+}
+template <>
+const FlashRowKernels<c10::BFloat16>& FLASH_ROWS_TABLE<c10::BFloat16>() {
+  return CPU_CAPABILITY::flash_table<c10::BFloat16>();
+}
+
+}  // namespace dilated_attention

@@ -1,0 +1,119 @@
+"""Our fused CPU attention forward (kernels/cpu/flash_attention_cpu.h) against the float64
+reference, in every build of its row loops, and the whole forward suites with it forced.
+
+Which forward a process uses is picked once: this process takes the measured choice (the fused
+kernel for bfloat16 where the CPU has AVX512-BF16 without AMX, ATen's elsewhere), so the checks
+here run in subprocesses with DILATED_ATTENTION_CPU_ATTENTION=fused (the kernel wherever it can
+run: float32 everywhere, bfloat16 where oneDNN's bf16 microkernel runs) or =aten."""
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+# Shapes that leave partial query and key blocks (64 x 128), a head dim no vector width divides,
+# grouped K/V, several groups, causal and padding. (B, N, H, H_kv, D, segments, rates)
+SHAPES = [
+    (1, 256, 4, 4, 64, [64, 128, 256], [1, 2, 4]),
+    (2, 384, 6, 2, 32, [128, 384], [1, 3]),
+    (1, 400, 3, 3, 16, [400], [1]),
+    (1, 272, 2, 1, 6, [136, 272], [1, 2]),
+    (2, 640, 2, 2, 128, [640], [1]),
+]
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
+
+
+def cases():
+    """(dtype, shape, causal, padding, q, k, v, mask) for every case, the same in every process."""
+    gen = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16):
+        for b, n, h, h_kv, d, segments, rates in SHAPES:
+            for causal in (False, True):
+                for padding in (False, True):
+                    q = torch.randn(b, n, h, d, generator=gen).to(dtype)
+                    k = torch.randn(b, n, h_kv, d, generator=gen).to(dtype)
+                    v = torch.randn(b, n, h_kv, d, generator=gen).to(dtype)
+                    mask = (torch.rand(b, n, generator=gen) < 0.3) if padding else None
+                    if padding:  # a padded key's NaN value must never be read
+                        v[mask] = float("nan")
+                    yield dtype, (segments, rates), causal, padding, q, k, v, mask
+
+
+def op_outputs():
+    op = torch.ops.dilated_attention.dilated_attention
+    return [op(q, k, v, *pattern, 0.0, causal, None, mask)
+            for _, pattern, causal, _, q, k, v, mask in cases()]
+
+
+@functools.cache
+def reference_outputs():
+    from reference import dilated_attention_reference
+
+    return [dilated_attention_reference(q, k, v, *pattern, is_causal=causal, key_padding_mask=mask)
+            for _, pattern, causal, _, q, k, v, mask in cases()]
+
+
+def run_in_subprocess(code, **env):
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.parametrize("capability", ["avx512", "avx2", "default"])
+def test_fused_forward_matches_the_reference(capability, tmp_path):
+    out_file = tmp_path / "outputs.pt"
+    run_in_subprocess(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(HERE)!r})\n"
+        "import conftest\n"
+        "from test_fused_cpu_attention import op_outputs\n"
+        f"torch.save(op_outputs(), {str(out_file)!r})\n",
+        DILATED_ATTENTION_CPU_ATTENTION="fused", DILATED_ATTENTION_CPU_CAPABILITY=capability)
+    outputs = torch.load(out_file)
+    for (dtype, pattern, causal, padding, *_), out, ref in zip(cases(), outputs,
+                                                              reference_outputs()):
+        case = (capability, dtype, pattern, causal, padding)
+        assert torch.equal(out.isnan(), ref.isnan()), case
+        err = (out.double() - ref).nan_to_num(0.0).abs().max().item()
+        assert err <= TOLERANCE[dtype], (case, err)
+
+
+def test_forcing_switches_the_kernel(tmp_path):
+    """The switch is real: over one 1024-key block ATen's kernel and ours round differently in
+    float32 (both within the reference's tolerance), so the forced runs test our kernel."""
+    outputs = {}
+    for choice in ("aten", "fused"):
+        out_file = tmp_path / f"{choice}.pt"
+        run_in_subprocess(
+            "import sys, torch\n"
+            f"sys.path.insert(0, {str(HERE)!r})\n"
+            "import conftest\n"
+            "g = torch.Generator().manual_seed(0)\n"
+            "q, k, v = (torch.randn(1, 1024, 2, 64, generator=g) for _ in range(3))\n"
+            "out = torch.ops.dilated_attention.dilated_attention(q, k, v, [1024], [1])\n"
+            f"torch.save(out, {str(out_file)!r})\n",
+            DILATED_ATTENTION_CPU_ATTENTION=choice)
+        outputs[choice] = torch.load(out_file)
+    assert not torch.equal(outputs["aten"], outputs["fused"])
+    torch.testing.assert_close(outputs["aten"], outputs["fused"], rtol=1e-5, atol=1e-6)
+
+
+# The suites whose forward runs through the CPU's kernel table without dropout.
+FORWARD_SUITES = ["test_forward_backward.py", "test_key_padding_mask.py", "test_gqa.py",
+                  "test_non_finite.py", "test_layouts.py", "test_properties.py",
+                  "test_varlen.py", "test_longnet.py", "test_kv_cache.py"]
+
+
+def test_forward_suites_pass_with_the_fused_forward_forced():
+    run_in_subprocess(
+        "import sys, pytest\n"
+        f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', "
+        f"*[{str(HERE)!r} + '/' + f for f in {FORWARD_SUITES!r}]]))\n",
+        DILATED_ATTENTION_CPU_ATTENTION="fused")
