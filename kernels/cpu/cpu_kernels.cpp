@@ -29,11 +29,11 @@ std::optional<at::Tensor> padding_bias(const at::Tensor& q, const BlockOptions& 
 
 std::tuple<at::Tensor, at::Tensor> cpu_forward(const at::Tensor& q, const at::Tensor& k,
                                                const at::Tensor& v, const BlockOptions& options) {
+  if (fused_forward_takes(q, k, options)) return fused_attention_forward(q, k, v, options);
   if (options.uses_dropout()) {
     return dropout_attention_forward(q, k, v, options.is_causal, options.scale, *options.dropout,
                                      options.where, options.key_padding);
   }
-  if (fused_forward_takes(q, k, options)) return fused_attention_forward(q, k, v, options);
   return at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, options.is_causal,
                                                          padding_bias(q, options), options.scale);
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/cpu/row_kernels.h"
+#include "kernels/cpu/slice_coordinates.h"
 
 namespace dilated_attention {
 namespace {
@@ -22,20 +23,6 @@ namespace {
 // Query rows per block: the score block is kQueryBlock x L, small enough to stay in cache-sized
 // pieces for L in the thousands.
 constexpr int64_t kQueryBlock = 128;
-
-// Global coordinates of one (view batch, view head) slice of a view.
-struct SliceCoordinates {
-  int64_t batch, head, query_first, key_first, step;
-  int64_t query_position(int64_t i) const { return query_first + i * step; }
-  int64_t key_position(int64_t j) const { return key_first + j * step; }
-};
-
-SliceCoordinates slice_coordinates(const ViewCoordinates& where, int64_t view_batch,
-                                   int64_t view_head) {
-  const int64_t view_start = (view_batch % where.views_per_batch) * where.view_stride;
-  return {where.first_batch + view_batch / where.views_per_batch, where.first_head + view_head,
-          view_start + where.query_first, view_start + where.key_first, where.step};
-}
 
 at::Tensor slice_as(const at::Tensor& x, int64_t view_batch, int64_t view_head,
                     at::ScalarType dtype) {

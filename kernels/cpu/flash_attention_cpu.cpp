@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "kernels/cpu/flash_rows.h"
+#include "kernels/cpu/row_kernels.h"
+#include "kernels/cpu/slice_coordinates.h"
 
 namespace dilated_attention {
 namespace {
@@ -120,12 +122,13 @@ struct PackedKeysValues {
 // One thread's buffers for a query block against one key block.
 template <typename T>
 struct QueryBlockScratch {
-  std::vector<float> scores, acc;
+  std::vector<float> scores, acc, keep;
   std::vector<T> weights;
   std::vector<OnlineSoftmaxRow> rows;
   explicit QueryBlockScratch(int64_t head_dim)
       : scores(kQueryBlock * kKeyBlock),
         acc(static_cast<size_t>(kQueryBlock * head_dim)),
+        keep(kKeyBlock),
         weights(kQueryBlock * kKeyBlock),
         rows(kQueryBlock) {}
 };
@@ -134,13 +137,26 @@ struct Shapes {
   int64_t batch, heads, key_heads, query_len, key_len, head_dim;
 };
 
+// The dropout mask of one (view batch, head) slice, or none.
+struct SliceDropout {
+  const DropoutMask* mask;  // null: no dropout
+  SliceCoordinates at;
+
+  // The keep factors of query row `row` for keys [key_first, key_first + n) of the slice.
+  void keep_factors(int64_t row, int64_t key_first, int64_t n, float* keep) const {
+    row_kernels<float>().keep_factors(mask->row_key(at.batch, at.head, at.query_position(row)),
+                                      mask->drop_below(), static_cast<float>(mask->keep_scale()),
+                                      at.key_position(key_first), at.step, n, keep);
+  }
+};
+
 // Output rows of query block [first, first + rows) of (b, h): an online softmax over the key
 // blocks the block sees (all of them, or up to the diagonal when causal).
 template <typename T>
 void attend_query_block(const Shapes& shape, const T* query, int64_t query_row_stride,
                         const PackedKeysValues<T>& packed, const float* padded, bool is_causal,
-                        float scale, int64_t first, int64_t rows, QueryBlockScratch<T>& scratch,
-                        T* out, int64_t out_row_stride, float* lse) {
+                        float scale, const SliceDropout& dropout, int64_t first, int64_t rows,
+                        QueryBlockScratch<T>& scratch, T* out, int64_t out_row_stride, float* lse) {
   const auto& kernels = flash_row_kernels<T>();
   const int64_t D = shape.head_dim, key_len = shape.key_len;
   std::fill(scratch.acc.begin(), scratch.acc.begin() + rows * D, 0.0f);
@@ -155,8 +171,13 @@ void attend_query_block(const Shapes& shape, const T* query, int64_t query_row_s
                                 packed.keys.data() + block_offset, scratch.scores.data(), kVnni<T>);
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t visible = is_causal ? std::clamp<int64_t>(first + i + 1 - key_first, 0, n) : n;
+      float* keep = nullptr;
+      if (dropout.mask != nullptr) {
+        keep = scratch.keep.data();
+        dropout.keep_factors(first + i, key_first, n, keep);
+      }
       kernels.online_block(scratch.scores.data() + i * kKeyBlock, n, visible, scale,
-                           padded == nullptr ? nullptr : padded + key_first, scratch.rows[i],
+                           padded == nullptr ? nullptr : padded + key_first, keep, scratch.rows[i],
                            scratch.weights.data() + i * kKeyBlock, n_packed,
                            scratch.acc.data() + i * D, D);
     }
@@ -208,9 +229,11 @@ void fused_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
         const int64_t first = (task % query_blocks) * kQueryBlock;
         const int64_t rows = std::min(kQueryBlock, shape.query_len - first);
         const int64_t out_row_stride = shape.heads * shape.head_dim;
+        const SliceDropout dropout{options.uses_dropout() ? options.dropout : nullptr,
+                                   slice_coordinates(options.where, b, h)};
         attend_query_block<T>(
             shape, queries.at(b, h, first), queries.s2, packed, padded, options.is_causal, scale,
-            first, rows, scratch,
+            dropout, first, rows, scratch,
             out_data + (b * shape.query_len + first) * out_row_stride + h * shape.head_dim,
             out_row_stride, lse_data + (b * shape.heads + h) * shape.query_len + first);
       }
@@ -277,7 +300,7 @@ Choice forced_choice() {
 
 bool fused_forward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options) {
   const Choice choice = forced_choice();
-  if (choice == Choice::kAten || options.uses_dropout()) return false;
+  if (choice == Choice::kAten) return false;
   if (options.is_causal && q.size(2) != k.size(2)) return false;  // causal blocks are square
   const auto dtype = q.scalar_type();
   if (dtype == at::kBFloat16 && (q.size(3) % 2 != 0 || !bf16_microkernel_runs())) return false;

@@ -16,12 +16,14 @@
 namespace dilated_attention {
 
 // Whether the fused forward takes this call: a dtype and head dim it computes, on a CPU where it
-// was measured faster than ATen's kernel (flash_attention_cpu.cpp says where), without dropout.
-// DILATED_ATTENTION_CPU_ATTENTION=aten never takes it, =fused takes it wherever it can run (so
-// the tests compare both paths on one machine).
+// was measured faster than ATen's kernel (flash_attention_cpu.cpp says where); with dropout too
+// (the mask of kernels/index/dropout_mask.h, drawn per key block; backward is the dropout
+// kernel's, which draws the same mask). DILATED_ATTENTION_CPU_ATTENTION=aten never takes it
+// (ATen's kernel, or our dropout kernel), =fused takes it wherever it can run (so the tests
+// compare both paths on one machine).
 bool fused_forward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options);
 
-// The DeviceKernels::Forward contract (kernels/device_kernels.h), dropout aside: q [B', h, Lq, D],
+// The DeviceKernels::Forward contract (kernels/device_kernels.h): q [B', h, Lq, D],
 // k and v [B', h_kv, Lk, D] with any strides; (output [B', h, Lq, D] in q's dtype, log-sum-exp
 // [B', h, Lq] float32). Exact NaN rules: a row with a visible NaN or +inf score, or whose visible
 // scores are all -inf, is NaN (output and log-sum-exp); padded keys' values are never read.

@@ -26,10 +26,12 @@ struct FlashRowKernels {
   // (padded may be null). Overwrites scores; writes weights[j] = exp(scale * q.k - max) for the
   // seen keys, 0 for the others and for j in [n, weights_len) (the even padding a VNNI block
   // needs), with max the row's new running maximum; scales acc_row (head_dim values, the row's
-  // output so far) by exp(old max - new max) and updates `row`.
+  // output so far) by exp(old max - new max) and updates `row`. With dropout, `keep` (else
+  // null) holds the block's keep factors (0 where dropped, 1 / (1 - p) where kept): the weights
+  // are multiplied by them, the sum is not (dropout acts on the normalised weights).
   void (*online_block)(float* scores, int64_t n, int64_t visible, float scale, const float* padded,
-                       OnlineSoftmaxRow& row, W* weights, int64_t weights_len, float* acc_row,
-                       int64_t head_dim) = nullptr;
+                       const float* keep, OnlineSoftmaxRow& row, W* weights, int64_t weights_len,
+                       float* acc_row, int64_t head_dim) = nullptr;
   // out[d] = acc_row[d] / row.sum in the output dtype, and the row's log-sum-exp, NaN rows NaN.
   // A row that saw no finite score (row.max -inf) is NaN too: softmax over nothing, or over
   // scores that are all -inf; the caller zeroes rows that see no key at all.

@@ -56,42 +56,47 @@ inline float max_of(const float* scores, int64_t n) {
   return max;
 }
 
-// weights[j] = exp(scale * scores[j] - max) in W for j < n (one FMA before the exponential);
-// returns the sum of the float exponentials (before any rounding to W).
+// weights[j] = exp(scale * scores[j] - max) in W for j < n (one FMA before the exponential),
+// times keep[j] where keep is not null; returns the sum of the float exponentials (before the
+// keep factors and any rounding to W).
 template <typename W>
-float exp_into(const float* scores, int64_t n, float scale, float max, W* weights) {
+float exp_into(const float* scores, int64_t n, float scale, float max, const float* keep,
+               W* weights) {
   using Vec = Vectorized<float>;
   constexpr int64_t width = Vec::size();
   const Vec vscale(scale), vneg_max(-max);
   Vec vsum(0.0f);
+  const auto kept = [keep](const Vec& e, int64_t j) {
+    return keep == nullptr ? e : e * Vec::loadu(keep + j);
+  };
   int64_t j = 0;
   if constexpr (std::is_same_v<W, float>) {
     for (; j + width <= n; j += width) {
       const Vec e = at::vec::fmadd(Vec::loadu(scores + j), vscale, vneg_max).exp_u20();
       vsum = vsum + e;
-      e.store(weights + j);
+      kept(e, j).store(weights + j);
     }
   } else {
     for (; j + 2 * width <= n; j += 2 * width) {
       const Vec e0 = at::vec::fmadd(Vec::loadu(scores + j), vscale, vneg_max).exp_u20();
       const Vec e1 = at::vec::fmadd(Vec::loadu(scores + j + width), vscale, vneg_max).exp_u20();
       vsum = vsum + e0 + e1;
-      at::vec::convert_from_float<W>(e0, e1).store(weights + j);
+      at::vec::convert_from_float<W>(kept(e0, j), kept(e1, j + width)).store(weights + j);
     }
   }
   float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, vsum);
   for (; j < n; ++j) {
     const float e = std::exp(std::fma(scores[j], scale, -max));
     sum += e;
-    weights[j] = W(e);
+    weights[j] = W(keep == nullptr ? e : e * keep[j]);
   }
   return sum;
 }
 
 template <typename W>
 void online_block(float* scores, int64_t n, int64_t visible, float scale, const float* padded,
-                  OnlineSoftmaxRow& row, W* weights, int64_t weights_len, float* acc_row,
-                  int64_t head_dim) {
+                  const float* keep, OnlineSoftmaxRow& row, W* weights, int64_t weights_len,
+                  float* acc_row, int64_t head_dim) {
   const float infinity = std::numeric_limits<float>::infinity();
   // Without masking the scale goes into the exponential's FMA (scale > 0: the caller negates
   // queries for a negative one, so the maximum of scaled scores is the scaled maximum);
@@ -107,8 +112,10 @@ void online_block(float* scores, int64_t n, int64_t visible, float scale, const 
     std::fill(weights, weights + weights_len, W(0));
     return;
   }
-  const float rescale = std::exp(row.max - new_max);  // 0 before the first finite block
-  const float sum = exp_into(scores, n, exp_scale, new_max, weights);
+  // 0 before the first finite block; 1 (no exponential) while the maximum stays, as it mostly
+  // does after the first blocks.
+  const float rescale = row.max == new_max ? 1.0f : std::exp(row.max - new_max);
+  const float sum = exp_into(scores, n, exp_scale, new_max, keep, weights);
   std::fill(weights + n, weights + weights_len, W(0));
   if (rescale != 1.0f) store_scaled(acc_row, rescale, head_dim, acc_row);
   row.sum = row.sum * rescale + sum;

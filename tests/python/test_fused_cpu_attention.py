@@ -105,10 +105,53 @@ def test_forcing_switches_the_kernel(tmp_path):
     torch.testing.assert_close(outputs["aten"], outputs["fused"], rtol=1e-5, atol=1e-6)
 
 
-# The suites whose forward runs through the CPU's kernel table without dropout.
+def dropout_results():
+    """Output and input gradients of dropout attention (p = 0.5) on partial blocks, causal or
+    not, padded or not, grouped K/V."""
+    op = torch.ops.dilated_attention.dilated_attention
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for causal in (False, True):
+            for padding in (False, True):
+                gen = torch.Generator().manual_seed(1)
+                q = torch.randn(2, 384, 4, 32, generator=gen).to(dtype).requires_grad_()
+                k, v = (torch.randn(2, 384, 2, 32, generator=gen).to(dtype).requires_grad_()
+                        for _ in range(2))
+                mask = (torch.rand(2, 384, generator=gen) < 0.2) if padding else None
+                torch.manual_seed(5)
+                out = op(q, k, v, [128, 384], [1, 3], 0.5, causal, None, mask)
+                out.backward(torch.randn(out.shape, generator=gen).to(dtype))
+                results.append([t.detach().double() for t in (out, q.grad, k.grad, v.grad)])
+    return results
+
+
+def test_fused_dropout_forward_draws_the_dropout_kernels_mask(tmp_path):
+    """With dropout the fused forward must draw exactly the mask our dropout kernel draws (and
+    its backward recomputes): at p = 0.5 one differing weight shows far above float32's
+    tolerance. Backward is the dropout kernel's in both runs."""
+    results = {}
+    for choice in ("aten", "fused"):
+        out_file = tmp_path / f"{choice}.pt"
+        run_in_subprocess(
+            "import sys, torch\n"
+            f"sys.path.insert(0, {str(HERE)!r})\n"
+            "import conftest\n"
+            "from test_fused_cpu_attention import dropout_results\n"
+            f"torch.save(dropout_results(), {str(out_file)!r})\n",
+            DILATED_ATTENTION_CPU_ATTENTION=choice)
+        results[choice] = torch.load(out_file)
+    for i, (ours, theirs) in enumerate(zip(results["fused"], results["aten"])):
+        tol = 2e-5 if i < 4 else 3e-2  # float32 cases first; bf16 weights round to bf16
+        for name, a, b in zip(("out", "dq", "dk", "dv"), ours, theirs):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=f"case {i} {name}")
+
+
+# The suites whose forward runs through the CPU's kernel table (test_cpu_capabilities compares
+# the row-loop builds with dropout, each subprocess inheriting the forced choice).
 FORWARD_SUITES = ["test_forward_backward.py", "test_key_padding_mask.py", "test_gqa.py",
                   "test_non_finite.py", "test_layouts.py", "test_properties.py",
-                  "test_varlen.py", "test_longnet.py", "test_kv_cache.py"]
+                  "test_varlen.py", "test_longnet.py", "test_kv_cache.py", "test_dropout.py",
+                  "test_cpu_capabilities.py"]
 
 
 def test_forward_suites_pass_with_the_fused_forward_forced():
