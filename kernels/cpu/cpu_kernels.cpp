@@ -41,6 +41,9 @@ std::tuple<at::Tensor, at::Tensor> cpu_forward(const at::Tensor& q, const at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options) {
+  if (fused_backward_takes(q, k, options)) {
+    return fused_attention_backward(grad_out, q, k, v, out, lse, options);
+  }
   if (options.uses_dropout()) {
     return dropout_attention_backward(grad_out, q, k, v, out, lse, options.is_causal, options.scale,
                                       *options.dropout, options.where, options.key_padding);

@@ -14,52 +14,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/flash_packing.h"
 #include "kernels/cpu/flash_rows.h"
-#include "kernels/cpu/row_kernels.h"
-#include "kernels/cpu/slice_coordinates.h"
 
 namespace dilated_attention {
 namespace {
 
-// A query block's scores are kQueryBlock x kKeyBlock floats (32 KiB): with the block's weights,
-// output rows and key/value blocks they stay in L1/L2 while both products run. On the README's
-// bench config (AMD EPYC Zen 4) query blocks of 32, 64 and 128 rows and key blocks of 128, 256
-// and 512 keys were all within 10% of each other; the microkernel alone runs 64 x 128 x 64
-// products at about 200 GFLOP/s per core there.
-constexpr int64_t kQueryBlock = 64;
-constexpr int64_t kKeyBlock = 128;
-
-// bf16 products read their B operand as VNNI pairs: element (k, n) of a K x N block with leading
-// dimension ld sits at (k / 2) * 2 * ld + 2 * n + k % 2, and K must be even.
-template <typename T>
-constexpr bool kVnni = std::is_same_v<T, c10::BFloat16>;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <typename T>
-int64_t b_index(int64_t k, int64_t n, int64_t ld) {
-  if constexpr (kVnni<T>) {
-    return (k / 2) * 2 * ld + 2 * n + (k % 2);
-  } else {
-    return k * ld + n;
-  }
-}
-
-// A strided 4-d tensor's element (i0, i1, i2, i3) from its data pointer and strides.
-template <typename T>
-struct Strided4d {
-  const T* data;
-  int64_t s0, s1, s2, s3;
-  explicit Strided4d(const at::Tensor& x)
-      : data(x.const_data_ptr<T>()),
-        s0(x.stride(0)),
-        s1(x.stride(1)),
-        s2(x.stride(2)),
-        s3(x.stride(3)) {}
-  const T* at(int64_t i0, int64_t i1, int64_t i2) const {
-    return data + i0 * s0 + i1 * s1 + i2 * s2;
-  }
-};
+using namespace flash;
 
 // The keys and values of one (view batch, key head), block by block, as the products' B
 // operands: block b of keys is K[b]^T (D x kKeyBlock), block b of values is V[b] (kKeyBlock x D,
@@ -70,52 +31,8 @@ struct PackedKeysValues {
 
   void pack(const Strided4d<T>& k, const Strided4d<T>& v, int64_t b, int64_t head, int64_t key_len,
             int64_t head_dim, const float* padded) {
-    const int64_t blocks = ceil_div(key_len, kKeyBlock), block_size = kKeyBlock * head_dim;
-    keys.resize(static_cast<size_t>(blocks * block_size));
-    values.resize(static_cast<size_t>(blocks * block_size));
-    for (int64_t first = 0; first < key_len; first += kKeyBlock) {
-      const int64_t n = std::min(kKeyBlock, key_len - first);
-      T* key_block = keys.data() + (first / kKeyBlock) * block_size;
-      T* value_block = values.data() + (first / kKeyBlock) * block_size;
-      pack_keys(k, b, head, first, n, head_dim, key_block);
-      pack_values(v, b, head, first, n, head_dim, padded, value_block);
-    }
-  }
-
- private:
-  // K[first, first + n)^T; bf16 moves (d, d + 1) pairs as one 32-bit word: the VNNI layout of
-  // K^T is the word transpose of K.
-  static void pack_keys(const Strided4d<T>& k, int64_t b, int64_t head, int64_t first, int64_t n,
-                        int64_t head_dim, T* block) {
-    constexpr int64_t per_word = kVnni<T> ? 2 : 1;
-    if (k.s3 == 1 && k.s2 % per_word == 0) {
-      transpose_words()(reinterpret_cast<const float*>(k.at(b, head, first)), k.s2 / per_word,
-                        reinterpret_cast<float*>(block), kKeyBlock, n, head_dim / per_word);
-      return;
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      const T* key = k.at(b, head, first + j);
-      for (int64_t d = 0; d < head_dim; ++d) block[b_index<T>(d, j, kKeyBlock)] = key[d * k.s3];
-    }
-  }
-
-  // V[first, first + n), rows of padded keys and rows [n, even n) zero; bf16 interleaves each
-  // pair of rows (VNNI).
-  static void pack_values(const Strided4d<T>& v, int64_t b, int64_t head, int64_t first, int64_t n,
-                          int64_t head_dim, const float* padded, T* block) {
-    constexpr int64_t per_pair = kVnni<T> ? 2 : 1;
-    const int64_t rows = ceil_div(n, per_pair) * per_pair;
-    for (int64_t j0 = 0; j0 < rows; j0 += per_pair) {
-      T* out = block + j0 * head_dim;
-      for (int64_t half = 0; half < per_pair; ++half) {
-        const int64_t j = j0 + half;
-        const bool zero = j >= n || (padded != nullptr && padded[first + j] != 0.0f);
-        const T* value = zero ? nullptr : v.at(b, head, first + j);
-        for (int64_t d = 0; d < head_dim; ++d) {
-          out[d * per_pair + half] = zero ? T(0) : value[d * v.s3];
-        }
-      }
-    }
+    pack_key_blocks<T>(k, b, head, key_len, head_dim, nullptr, &keys, nullptr);
+    pack_key_blocks<T>(v, b, head, key_len, head_dim, padded, nullptr, &values);
   }
 };
 
@@ -135,19 +52,6 @@ struct QueryBlockScratch {
 
 struct Shapes {
   int64_t batch, heads, key_heads, query_len, key_len, head_dim;
-};
-
-// The dropout mask of one (view batch, head) slice, or none.
-struct SliceDropout {
-  const DropoutMask* mask;  // null: no dropout
-  SliceCoordinates at;
-
-  // The keep factors of query row `row` for keys [key_first, key_first + n) of the slice.
-  void keep_factors(int64_t row, int64_t key_first, int64_t n, float* keep) const {
-    row_kernels<float>().keep_factors(mask->row_key(at.batch, at.head, at.query_position(row)),
-                                      mask->drop_below(), static_cast<float>(mask->keep_scale()),
-                                      at.key_position(key_first), at.step, n, keep);
-  }
 };
 
 // Output rows of query block [first, first + rows) of (b, h): an online softmax over the key
@@ -242,11 +146,6 @@ void fused_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   });
 }
 
-// The query operand of the products must have unit stride along D and rows at least D apart.
-at::Tensor with_readable_rows(const at::Tensor& q) {
-  return (q.stride(3) == 1 && q.stride(2) >= q.size(3)) ? q : q.contiguous();
-}
-
 // Whether oneDNN's bf16 microkernel runs in this process: it needs AVX-512 (oneDNN's
 // avx512_core, which emulates the bf16 dot products where AVX512-BF16 is missing), oneDNN
 // enabled (torch.backends.mkldnn), and an ISA cap (ONEDNN_MAX_CPU_ISA) that allows it. Asked
@@ -297,6 +196,10 @@ Choice forced_choice() {
 }
 
 }  // namespace
+
+at::Tensor with_readable_rows(const at::Tensor& x) {
+  return (x.stride(3) == 1 && x.stride(2) >= x.size(3)) ? x : x.contiguous();
+}
 
 bool fused_forward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options) {
   const Choice choice = forced_choice();

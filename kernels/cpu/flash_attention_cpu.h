@@ -31,4 +31,18 @@ std::tuple<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& q, 
                                                            const at::Tensor& v,
                                                            const BlockOptions& options);
 
+// The fused backward (flash_attention_backward_cpu.cpp): taken where the fused forward is and
+// the call has at least one (view batch, key head) per thread; any forward's out and lse.
+bool fused_backward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options);
+
+// The DeviceKernels::Backward contract: (dQ, dK, dV) in the inputs' dtype and shapes,
+// contiguous, dK and dV summed over the query heads sharing a key head.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_attention_backward(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options);
+
+// The query-side operand of the products needs unit stride along D and rows at least D apart:
+// `x` itself when it has them, else a contiguous copy.
+at::Tensor with_readable_rows(const at::Tensor& x);
+
 }  // namespace dilated_attention

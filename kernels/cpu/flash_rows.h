@@ -37,6 +37,18 @@ struct FlashRowKernels {
   // scores that are all -inf; the caller zeroes rows that see no key at all.
   float (*finish_row)(const float* acc_row, int64_t head_dim, const OnlineSoftmaxRow& row,
                       W* out) = nullptr;
+  // Backward, one query row against a block of n keys (visible and padded as above): from the
+  // raw scores q.k, the row's forward log-sum-exp and delta = rowsum(dO * O), and dP = dO . v
+  // of each key, writes the weights the output used, P * keep (P = exp(scale * q.k - lse)), and
+  // dS = scale * P * (dP * keep - delta), both 0 exactly at hidden and padded keys whatever
+  // their scores (no NaN behind a mask) and for j in [n, len). keep may be null (no dropout).
+  // lse +inf (a row without keys): all 0; lse NaN: the row's values NaN.
+  void (*backward_row)(const float* scores, const float* grad_weights, int64_t n, int64_t visible,
+                       float scale, const float* padded, const float* keep, float lse, float delta,
+                       W* weights, W* grad_scores, int64_t len) = nullptr;
+  // dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols.
+  void (*transpose)(const W* src, int64_t ld_src, W* dst, int64_t ld_dst, int64_t rows,
+                    int64_t cols) = nullptr;
 };
 
 // dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols: a transpose of 32-bit words

@@ -140,8 +140,69 @@ inline void transpose_words(const float* src, int64_t ld_src, float* dst, int64_
 }
 
 template <typename W>
+void backward_row(const float* scores, const float* grad_weights, int64_t n, int64_t visible,
+                  float scale, const float* padded, const float* keep, float lse, float delta,
+                  W* weights, W* grad_scores, int64_t len) {
+  if (std::isnan(lse) || lse == std::numeric_limits<float>::infinity()) {
+    const W fill(std::isnan(lse) ? lse : 0.0f);
+    std::fill(weights, weights + n, fill);
+    std::fill(grad_scores, grad_scores + n, fill);
+    std::fill(weights + n, weights + len, W(0));
+    std::fill(grad_scores + n, grad_scores + len, W(0));
+    return;
+  }
+  using Vec = Vectorized<float>;
+  constexpr int64_t width = Vec::size();
+  const Vec vscale(scale), vneg_lse(-lse), vdelta(delta), vzero(0.0f);
+  alignas(64) float lane[width];
+  for (int64_t l = 0; l < width; ++l) lane[l] = static_cast<float>(l);
+  const Vec lanes = Vec::loadu(lane);
+  int64_t j = 0;
+  for (; j < n; j += width) {
+    const int64_t count = std::min(width, n - j);
+    const Vec s = Vec::loadu(scores + j, count), dp = Vec::loadu(grad_weights + j, count);
+    const Vec undropped = at::vec::fmadd(s, vscale, vneg_lse).exp_u20();
+    Vec p = undropped, dp_kept = dp;
+    if (keep != nullptr) {  // the output used P * keep; dS uses the undropped P
+      const Vec k = Vec::loadu(keep + j, count);
+      dp_kept = dp * k;
+      p = undropped * k;
+    }
+    Vec ds = undropped * (dp_kept - vdelta) * vscale;
+    // Hidden (causal) keys, padding and lanes past n: exactly 0.
+    Vec hidden = (lanes + Vec(static_cast<float>(j))) >= Vec(static_cast<float>(visible));
+    if (padded != nullptr) hidden = hidden | (Vec::loadu(padded + j, count) != vzero);
+    p = Vec::blendv(p, vzero, hidden);
+    ds = Vec::blendv(ds, vzero, hidden);
+    if constexpr (std::is_same_v<W, float>) {
+      p.store(weights + j, static_cast<int>(count));
+      ds.store(grad_scores + j, static_cast<int>(count));
+    } else {
+      at::vec::convert_from_float<W>(p, p).store(weights + j, static_cast<int>(count));
+      at::vec::convert_from_float<W>(ds, ds).store(grad_scores + j, static_cast<int>(count));
+    }
+  }
+  std::fill(weights + n, weights + len, W(0));
+  std::fill(grad_scores + n, grad_scores + len, W(0));
+}
+
+// In tiles of at most 32 x 32, the largest at::vec's bf16 transpose takes.
+template <typename W>
+void transpose(const W* src, int64_t ld_src, W* dst, int64_t ld_dst, int64_t rows, int64_t cols) {
+  constexpr int64_t tile = 32;
+  for (int64_t i = 0; i < rows; i += tile) {
+    for (int64_t j = 0; j < cols; j += tile) {
+      at::vec::transpose_mxn<W>(src + i * ld_src + j, ld_src, dst + j * ld_dst + i, ld_dst,
+                                static_cast<int>(std::min(tile, rows - i)),
+                                static_cast<int>(std::min(tile, cols - j)));
+    }
+  }
+}
+
+template <typename W>
 const FlashRowKernels<W>& flash_table() {
-  static const FlashRowKernels<W> kernels{&online_block<W>, &finish_row<W>};
+  static const FlashRowKernels<W> kernels{&online_block<W>, &finish_row<W>, &backward_row<W>,
+                                          &transpose<W>};
   return kernels;
 }
 

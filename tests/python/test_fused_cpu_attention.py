@@ -1,5 +1,5 @@
-"""Our fused CPU attention forward (kernels/cpu/flash_attention_cpu.h) against the float64
-reference, in every build of its row loops, and the whole forward suites with it forced.
+"""Our fused CPU attention forward and backward (kernels/cpu/flash_attention_cpu.h) against the
+float64 reference, in every build of its row loops, and the whole suites with them forced.
 
 Which forward a process uses is picked once: this process takes the measured choice (the fused
 kernel for bfloat16 where the CPU has AVX512-BF16 without AMX, ATen's elsewhere), so the checks
@@ -45,18 +45,35 @@ def cases():
                     yield dtype, (segments, rates), causal, padding, q, k, v, mask
 
 
+def grad_output(shape, dtype):
+    """The same output gradient in every process, rounded to the case's dtype."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(11)).to(dtype)
+
+
 def op_outputs():
+    """(out, dq, dk, dv) of the op for every case."""
     op = torch.ops.dilated_attention.dilated_attention
-    return [op(q, k, v, *pattern, 0.0, causal, None, mask)
-            for _, pattern, causal, _, q, k, v, mask in cases()]
+    results = []
+    for _, pattern, causal, _, q, k, v, mask in cases():
+        q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+        out = op(q, k, v, *pattern, 0.0, causal, None, mask)
+        out.backward(grad_output(out.shape, out.dtype))
+        results.append([t.detach() for t in (out, q.grad, k.grad, v.grad)])
+    return results
 
 
 @functools.cache
 def reference_outputs():
     from reference import dilated_attention_reference
 
-    return [dilated_attention_reference(q, k, v, *pattern, is_causal=causal, key_padding_mask=mask)
-            for _, pattern, causal, _, q, k, v, mask in cases()]
+    results = []
+    for dtype, pattern, causal, _, q, k, v, mask in cases():
+        q, k, v = (t.double().requires_grad_() for t in (q, k, v))
+        out = dilated_attention_reference(q, k, v, *pattern, is_causal=causal,
+                                          key_padding_mask=mask)
+        out.backward(grad_output(out.shape, dtype).double())
+        results.append([t.detach() for t in (out, q.grad, k.grad, v.grad)])
+    return results
 
 
 def run_in_subprocess(code, **env):
@@ -77,12 +94,15 @@ def test_fused_forward_matches_the_reference(capability, tmp_path):
         f"torch.save(op_outputs(), {str(out_file)!r})\n",
         DILATED_ATTENTION_CPU_ATTENTION="fused", DILATED_ATTENTION_CPU_CAPABILITY=capability)
     outputs = torch.load(out_file)
-    for (dtype, pattern, causal, padding, *_), out, ref in zip(cases(), outputs,
-                                                              reference_outputs()):
-        case = (capability, dtype, pattern, causal, padding)
-        assert torch.equal(out.isnan(), ref.isnan()), case
-        err = (out.double() - ref).nan_to_num(0.0).abs().max().item()
-        assert err <= TOLERANCE[dtype], (case, err)
+    for (dtype, pattern, causal, padding, *_), ours, theirs in zip(cases(), outputs,
+                                                                  reference_outputs()):
+        for name, a, b in zip(("out", "dq", "dk", "dv"), ours, theirs):
+            case = (capability, dtype, pattern, causal, padding, name)
+            assert torch.equal(a.isnan(), b.isnan()), case
+            # Relative to the largest value: gradients of hundreds of summed terms.
+            err = (a.double() - b).nan_to_num(0.0).abs().max().item()
+            assert err <= TOLERANCE[dtype] * max(1.0, b.nan_to_num(0.0).abs().max().item()), (
+                case, err)
 
 
 def test_forcing_switches_the_kernel(tmp_path):

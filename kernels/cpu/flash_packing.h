@@ -1,0 +1,135 @@
+// What the CPU's fused attention kernels (flash_attention_cpu.cpp, its backward) share: block
+// sizes, strided reads of [B', h, L, D] views, and the packing of operands into the layouts
+// oneDNN's brgemm microkernel reads.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/cpu/flash_rows.h"
+#include "kernels/cpu/row_kernels.h"
+#include "kernels/cpu/slice_coordinates.h"
+#include "kernels/index/dropout_mask.h"
+
+namespace dilated_attention {
+namespace flash {
+
+// A query block's scores are kQueryBlock x kKeyBlock floats (32 KiB): with the block's weights,
+// output rows and key/value blocks they stay in L1/L2 while both products run. On the README's
+// bench config (AMD EPYC Zen 4) query blocks of 32, 64 and 128 rows and key blocks of 128, 256
+// and 512 keys were all within 10% of each other; the microkernel alone runs 64 x 128 x 64
+// products at about 200 GFLOP/s per core there.
+constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kKeyBlock = 128;
+
+// bf16 products read their B operand as VNNI pairs: element (k, n) of a K x N block with leading
+// dimension ld sits at (k / 2) * 2 * ld + 2 * n + k % 2, and K must be even.
+template <typename T>
+constexpr bool kVnni = std::is_same_v<T, c10::BFloat16>;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename T>
+int64_t b_index(int64_t k, int64_t n, int64_t ld) {
+  if constexpr (kVnni<T>) {
+    return (k / 2) * 2 * ld + 2 * n + (k % 2);
+  } else {
+    return k * ld + n;
+  }
+}
+
+// A strided 4-d tensor's element (i0, i1, i2, i3) from its data pointer and strides.
+template <typename T>
+struct Strided4d {
+  const T* data;
+  int64_t s0, s1, s2, s3;
+  explicit Strided4d(const at::Tensor& x)
+      : data(x.const_data_ptr<T>()),
+        s0(x.stride(0)),
+        s1(x.stride(1)),
+        s2(x.stride(2)),
+        s3(x.stride(3)) {}
+  const T* at(int64_t i0, int64_t i1, int64_t i2) const {
+    return data + i0 * s0 + i1 * s1 + i2 * s2;
+  }
+};
+
+// Rows [first, first + n) of x[b, head] as a B operand with N = D: row-major (kKeyBlock x D),
+// bf16 with each pair of rows interleaved (VNNI); rows flagged in `zeroed` (indexed by
+// first + j; may be null) and rows [n, even n) are zero.
+template <typename T>
+void pack_rows(const Strided4d<T>& x, int64_t b, int64_t head, int64_t first, int64_t n,
+               int64_t head_dim, const float* zeroed, T* block) {
+  constexpr int64_t per_pair = kVnni<T> ? 2 : 1;
+  const int64_t rows = ceil_div(n, per_pair) * per_pair;
+  for (int64_t j0 = 0; j0 < rows; j0 += per_pair) {
+    T* out = block + j0 * head_dim;
+    for (int64_t half = 0; half < per_pair; ++half) {
+      const int64_t j = j0 + half;
+      const bool zero = j >= n || (zeroed != nullptr && zeroed[first + j] != 0.0f);
+      const T* row = zero ? nullptr : x.at(b, head, first + j);
+      for (int64_t d = 0; d < head_dim; ++d) {
+        out[d * per_pair + half] = zero ? T(0) : row[d * x.s3];
+      }
+    }
+  }
+}
+
+// Rows [first, first + n) of x[b, head], transposed, as a B operand with K = D: D x ld
+// (ld >= n); bf16 moves (d, d + 1) pairs as one 32-bit word: the VNNI layout of X^T is the word
+// transpose of X.
+template <typename T>
+void pack_transposed(const Strided4d<T>& x, int64_t b, int64_t head, int64_t first, int64_t n,
+                     int64_t head_dim, int64_t ld, T* block) {
+  constexpr int64_t per_word = kVnni<T> ? 2 : 1;
+  if (x.s3 == 1 && x.s2 % per_word == 0) {
+    transpose_words()(reinterpret_cast<const float*>(x.at(b, head, first)), x.s2 / per_word,
+                      reinterpret_cast<float*>(block), ld, n, head_dim / per_word);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const T* row = x.at(b, head, first + j);
+    for (int64_t d = 0; d < head_dim; ++d) block[b_index<T>(d, j, ld)] = row[d * x.s3];
+  }
+}
+
+// All key rows of x[b, head], block by block (kKeyBlock rows each): into `transposed` as
+// pack_transposed blocks (D x kKeyBlock) and/or into `rows` as pack_rows blocks (zeroing the
+// rows flagged in `zeroed`); either output may be null.
+template <typename T>
+void pack_key_blocks(const Strided4d<T>& x, int64_t b, int64_t head, int64_t key_len,
+                     int64_t head_dim, const float* zeroed, std::vector<T>* transposed,
+                     std::vector<T>* rows) {
+  const int64_t block_size = kKeyBlock * head_dim;
+  const auto size = static_cast<size_t>(ceil_div(key_len, kKeyBlock) * block_size);
+  if (transposed != nullptr) transposed->resize(size);
+  if (rows != nullptr) rows->resize(size);
+  for (int64_t first = 0; first < key_len; first += kKeyBlock) {
+    const int64_t n = std::min(kKeyBlock, key_len - first), offset = first * head_dim;
+    if (transposed != nullptr) {
+      pack_transposed(x, b, head, first, n, head_dim, kKeyBlock, transposed->data() + offset);
+    }
+    if (rows != nullptr) pack_rows(x, b, head, first, n, head_dim, zeroed, rows->data() + offset);
+  }
+}
+
+// The dropout mask of one (view batch, head) slice, or none.
+struct SliceDropout {
+  const DropoutMask* mask;  // null: no dropout
+  SliceCoordinates at;
+
+  // The keep factors of query row `row` for keys [key_first, key_first + n) of the slice.
+  void keep_factors(int64_t row, int64_t key_first, int64_t n, float* keep) const {
+    row_kernels<float>().keep_factors(mask->row_key(at.batch, at.head, at.query_position(row)),
+                                      mask->drop_below(), static_cast<float>(mask->keep_scale()),
+                                      at.key_position(key_first), at.step, n, keep);
+  }
+};
+
+}  // namespace flash
+}  // namespace dilated_attention
