@@ -2,10 +2,11 @@
 in float32 and bfloat16, forward and forward+backward, in one process.
 
 Config (the CPU kernel issue's): B=1, N=16384, H=8, D=64, segments [2048, 4096, 8192], rates
-[1, 2, 4], 2 threads. Without dropout the op runs ATen's CPU flash kernel per head group; with
-dropout it runs ours (kernels/cpu/dropout_attention_cpu.cpp: one GEMM per query block, one fused
-pass per row that draws the mask inside the softmax's exp, one more GEMM), whose row loops are
-the build of --capability (DILATED_ATTENTION_CPU_CAPABILITY: the best the CPU has unless capped).
+[1, 2, 4], 2 threads. Where the CPU takes our fused kernel (kernels/cpu/flash_attention_cpu.h:
+bfloat16 and float32 on AVX-512 CPUs without AMX) both calls run it, the mask drawn per key block;
+elsewhere the call without dropout runs ATen's CPU flash kernel per head group and the one with
+dropout our dropout kernel (kernels/cpu/dropout_attention_cpu.cpp). The row loops are the build
+of DILATED_ATTENTION_CPU_CAPABILITY (the best the CPU has unless capped).
 Time: one warm-up per (dtype, p, pass), then --repeats rounds, each running every (dtype, p,
 pass) once in a fresh seeded random order; median per entry. GFLOP/s counts the dilated work
 (4 * B * h_g * (N / r) * (s / r) * D per group; forward+backward as 3.5 times that); with

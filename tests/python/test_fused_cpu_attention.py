@@ -83,17 +83,22 @@ def run_in_subprocess(code, **env):
     return done
 
 
-@pytest.mark.parametrize("capability", ["avx512", "avx2", "default"])
-def test_fused_forward_matches_the_reference(capability, tmp_path):
-    out_file = tmp_path / "outputs.pt"
+def results_in_subprocess(function, out_file, **env):
+    """What this module's `function`() returns, computed in a fresh process under `env`."""
     run_in_subprocess(
         "import sys, torch\n"
         f"sys.path.insert(0, {str(HERE)!r})\n"
         "import conftest\n"
-        "from test_fused_cpu_attention import op_outputs\n"
-        f"torch.save(op_outputs(), {str(out_file)!r})\n",
-        DILATED_ATTENTION_CPU_ATTENTION="fused", DILATED_ATTENTION_CPU_CAPABILITY=capability)
-    outputs = torch.load(out_file)
+        f"from test_fused_cpu_attention import {function}\n"
+        f"torch.save({function}(), {str(out_file)!r})\n", **env)
+    return torch.load(out_file)
+
+
+@pytest.mark.parametrize("capability", ["avx512", "avx2", "default"])
+def test_fused_forward_matches_the_reference(capability, tmp_path):
+    outputs = results_in_subprocess("op_outputs", tmp_path / "outputs.pt",
+                                    DILATED_ATTENTION_CPU_ATTENTION="fused",
+                                    DILATED_ATTENTION_CPU_CAPABILITY=capability)
     for (dtype, pattern, causal, padding, *_), ours, theirs in zip(cases(), outputs,
                                                                   reference_outputs()):
         for name, a, b in zip(("out", "dq", "dk", "dv"), ours, theirs):
@@ -105,22 +110,18 @@ def test_fused_forward_matches_the_reference(capability, tmp_path):
                 case, err)
 
 
+def switch_probe():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1024, 2, 64, generator=g) for _ in range(3))
+    return torch.ops.dilated_attention.dilated_attention(q, k, v, [1024], [1])
+
+
 def test_forcing_switches_the_kernel(tmp_path):
     """The switch is real: over one 1024-key block ATen's kernel and ours round differently in
     float32 (both within the reference's tolerance), so the forced runs test our kernel."""
-    outputs = {}
-    for choice in ("aten", "fused"):
-        out_file = tmp_path / f"{choice}.pt"
-        run_in_subprocess(
-            "import sys, torch\n"
-            f"sys.path.insert(0, {str(HERE)!r})\n"
-            "import conftest\n"
-            "g = torch.Generator().manual_seed(0)\n"
-            "q, k, v = (torch.randn(1, 1024, 2, 64, generator=g) for _ in range(3))\n"
-            "out = torch.ops.dilated_attention.dilated_attention(q, k, v, [1024], [1])\n"
-            f"torch.save(out, {str(out_file)!r})\n",
-            DILATED_ATTENTION_CPU_ATTENTION=choice)
-        outputs[choice] = torch.load(out_file)
+    outputs = {choice: results_in_subprocess("switch_probe", tmp_path / f"{choice}.pt",
+                                             DILATED_ATTENTION_CPU_ATTENTION=choice)
+               for choice in ("aten", "fused")}
     assert not torch.equal(outputs["aten"], outputs["fused"])
     torch.testing.assert_close(outputs["aten"], outputs["fused"], rtol=1e-5, atol=1e-6)
 
@@ -145,21 +146,13 @@ def dropout_results():
     return results
 
 
-def test_fused_dropout_forward_draws_the_dropout_kernels_mask(tmp_path):
-    """With dropout the fused forward must draw exactly the mask our dropout kernel draws (and
-    its backward recomputes): at p = 0.5 one differing weight shows far above float32's
-    tolerance. Backward is the dropout kernel's in both runs."""
-    results = {}
-    for choice in ("aten", "fused"):
-        out_file = tmp_path / f"{choice}.pt"
-        run_in_subprocess(
-            "import sys, torch\n"
-            f"sys.path.insert(0, {str(HERE)!r})\n"
-            "import conftest\n"
-            "from test_fused_cpu_attention import dropout_results\n"
-            f"torch.save(dropout_results(), {str(out_file)!r})\n",
-            DILATED_ATTENTION_CPU_ATTENTION=choice)
-        results[choice] = torch.load(out_file)
+def test_fused_dropout_draws_the_dropout_kernels_mask(tmp_path):
+    """With dropout the fused forward must draw exactly the mask our dropout kernel draws, and
+    the fused backward recompute it: at p = 0.5 one differing weight shows far above float32's
+    tolerance. The reference here is the dropout kernel, forward and backward (=aten)."""
+    results = {choice: results_in_subprocess("dropout_results", tmp_path / f"{choice}.pt",
+                                             DILATED_ATTENTION_CPU_ATTENTION=choice)
+               for choice in ("aten", "fused")}
     for i, (ours, theirs) in enumerate(zip(results["fused"], results["aten"])):
         tol = 2e-5 if i < 4 else 3e-2  # float32 cases first; bf16 weights round to bf16
         for name, a, b in zip(("out", "dq", "dk", "dv"), ours, theirs):
