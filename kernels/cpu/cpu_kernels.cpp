@@ -1,7 +1,7 @@
-// The CPU's attention kernels: ATen's CPU flash attention; our fused forward where it was
-// measured faster (kernels/cpu/flash_attention_cpu.h); our dropout kernel for dropout_p > 0
-// (ATen's CPU flash kernel has no dropout). Together they take every dtype the ops accept and any
-// head dim, so nothing is rejected here.
+// The CPU's attention kernels: our fused forward and backward where they were measured faster
+// (kernels/cpu/flash_attention_cpu.h); otherwise ATen's CPU flash attention, and our dropout
+// kernel for dropout_p > 0 (ATen's CPU flash kernel has no dropout). Together they take every dtype
+// the ops accept and any head dim, so nothing is rejected here.
 #include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu.h>
 #include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu_backward.h>
 #include <ATen/ops/zeros.h>

@@ -88,8 +88,9 @@ void pack_transposed(const Strided4d<T>& x, int64_t b, int64_t head, int64_t fir
                      int64_t head_dim, int64_t ld, T* block) {
   constexpr int64_t per_word = kVnni<T> ? 2 : 1;
   if (x.s3 == 1 && x.s2 % per_word == 0) {
-    transpose_words()(reinterpret_cast<const float*>(x.at(b, head, first)), x.s2 / per_word,
-                      reinterpret_cast<float*>(block), ld, n, head_dim / per_word);
+    flash_row_kernels<float>().transpose(reinterpret_cast<const float*>(x.at(b, head, first)),
+                                         x.s2 / per_word, reinterpret_cast<float*>(block), ld, n,
+                                         head_dim / per_word);
     return;
   }
   for (int64_t j = 0; j < n; ++j) {

@@ -46,19 +46,11 @@ struct FlashRowKernels {
   void (*backward_row)(const float* scores, const float* grad_weights, int64_t n, int64_t visible,
                        float scale, const float* padded, const float* keep, float lse, float delta,
                        W* weights, W* grad_scores, int64_t len) = nullptr;
-  // dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols.
+  // dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols, bit patterns kept (the
+  // float table also moves pairs of bf16 as one 32-bit word: flash_packing.h's key packs).
   void (*transpose)(const W* src, int64_t ld_src, W* dst, int64_t ld_dst, int64_t rows,
                     int64_t cols) = nullptr;
 };
-
-// dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols: a transpose of 32-bit words
-// (floats, or pairs of bf16 moved as one word), bit patterns kept. Packs keys for the products.
-using TransposeWords = void (*)(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,
-                                int64_t rows, int64_t cols);
-TransposeWords transpose_words();
-TransposeWords transpose_words_default();
-TransposeWords transpose_words_avx2();
-TransposeWords transpose_words_avx512();
 
 // The tables for the CPU this process runs on, picked as row_kernels() picks its own.
 template <typename W>

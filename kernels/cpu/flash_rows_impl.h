@@ -1,6 +1,6 @@
 // The row loops of flash_rows.h, written once with ATen's at::vec and compiled once per CPU
 // capability by the files that build row_kernels_impl.h (row_kernels_{default,avx2,avx512}.cpp),
-// which also define FLASH_ROWS_TABLE and FLASH_TRANSPOSE, the names of their table functions.
+// which also define FLASH_ROWS_TABLE, the name of their table function.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -133,12 +133,6 @@ float finish_row(const float* acc_row, int64_t head_dim, const OnlineSoftmaxRow&
   return row.max + std::log(row.sum);
 }
 
-inline void transpose_words(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,
-                            int64_t rows, int64_t cols) {
-  at::vec::transpose_mxn<float>(src, ld_src, dst, ld_dst, static_cast<int>(rows),
-                                static_cast<int>(cols));
-}
-
 template <typename W>
 void backward_row(const float* scores, const float* grad_weights, int64_t n, int64_t visible,
                   float scale, const float* padded, const float* keep, float lse, float delta,
@@ -207,8 +201,6 @@ const FlashRowKernels<W>& flash_table() {
 }
 
 }  // namespace CPU_CAPABILITY
-
-TransposeWords FLASH_TRANSPOSE() { return &CPU_CAPABILITY::transpose_words; }
 
 template <>
 const FlashRowKernels<float>& FLASH_ROWS_TABLE<float>() {

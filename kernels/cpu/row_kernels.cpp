@@ -38,14 +38,19 @@ const char* capability() {
   return picked;
 }
 
+// The build's table of the picked capability (every table is only function pointers: none runs).
+template <typename Table>
+const Table& for_capability(const Table& avx512, const Table& avx2, const Table& portable) {
+  if (std::strcmp(capability(), "avx512") == 0) return avx512;
+  return std::strcmp(capability(), "avx2") == 0 ? avx2 : portable;
+}
+
 }  // namespace
 
 template <typename T>
 const RowKernels<T>& row_kernels() {
   static const RowKernels<T>& picked =
-      std::strcmp(capability(), "avx512") == 0 ? row_kernels_avx512<T>()
-      : std::strcmp(capability(), "avx2") == 0 ? row_kernels_avx2<T>()
-                                               : row_kernels_default<T>();
+      for_capability(row_kernels_avx512<T>(), row_kernels_avx2<T>(), row_kernels_default<T>());
   return picked;
 }
 
@@ -54,18 +59,8 @@ template const RowKernels<double>& row_kernels<double>();
 
 template <typename W>
 const FlashRowKernels<W>& flash_row_kernels() {
-  static const FlashRowKernels<W>& picked =
-      std::strcmp(capability(), "avx512") == 0 ? flash_row_kernels_avx512<W>()
-      : std::strcmp(capability(), "avx2") == 0 ? flash_row_kernels_avx2<W>()
-                                               : flash_row_kernels_default<W>();
-  return picked;
-}
-
-TransposeWords transpose_words() {
-  static const TransposeWords picked =
-      std::strcmp(capability(), "avx512") == 0 ? transpose_words_avx512()
-      : std::strcmp(capability(), "avx2") == 0 ? transpose_words_avx2()
-                                               : transpose_words_default();
+  static const FlashRowKernels<W>& picked = for_capability(
+      flash_row_kernels_avx512<W>(), flash_row_kernels_avx2<W>(), flash_row_kernels_default<W>());
   return picked;
 }
 

@@ -3,6 +3,5 @@
 // CPU_CAPABILITY=AVX2, CPU_CAPABILITY_AVX2, as ATen builds its AVX2 kernels.
 #define ROW_KERNELS_TABLE row_kernels_avx2
 #define FLASH_ROWS_TABLE flash_row_kernels_avx2
-#define FLASH_TRANSPOSE transpose_words_avx2
 #include "kernels/cpu/flash_rows_impl.h"
 #include "kernels/cpu/row_kernels_impl.h"

@@ -3,7 +3,6 @@
 // kernels are built); row_kernels.cpp calls it only where the CPU has those features.
 #define ROW_KERNELS_TABLE row_kernels_avx512
 #define FLASH_ROWS_TABLE flash_row_kernels_avx512
-#define FLASH_TRANSPOSE transpose_words_avx512
 #include "kernels/cpu/flash_rows_impl.h"
 #include "kernels/cpu/row_kernels_impl.h"
 

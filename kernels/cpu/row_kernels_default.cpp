@@ -1,7 +1,6 @@
 // The portable build of the row loops: at::vec's generic vectors, for every CPU.
 #define ROW_KERNELS_TABLE row_kernels_default
 #define FLASH_ROWS_TABLE flash_row_kernels_default
-#define FLASH_TRANSPOSE transpose_words_default
 #include "kernels/cpu/flash_rows_impl.h"
 #include "kernels/cpu/row_kernels_impl.h"
 
@@ -26,8 +25,6 @@ template <>
 const RowKernels<double>& row_kernels_avx2<double>() {
   return row_kernels_default<double>();
 }
-TransposeWords transpose_words_avx512() { return transpose_words_default(); }
-TransposeWords transpose_words_avx2() { return transpose_words_default(); }
 template <>
 const FlashRowKernels<float>& flash_row_kernels_avx512<float>() {
   return flash_row_kernels_default<float>();
