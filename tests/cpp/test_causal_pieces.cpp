@@ -43,3 +43,21 @@ TEST_CASE("a finite block whose sum overflows is only checked closer", "[causal_
   CHECK(holds_non_finite(big));  // the cheap check is conservative ...
   CHECK(causal_cut_points({&big}, {&big, &big}) == Cuts{0, 4});  // ... the cuts are exact
 }
+
+TEST_CASE("a non-finite value is found in every floating dtype", "[causal_pieces]") {
+  for (const auto dtype : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}) {
+    auto x = block().to(dtype);
+    CHECK_FALSE(holds_non_finite(x));
+    CHECK_FALSE(holds_non_finite(x.transpose(1, 2)));
+    for (const double bad : {std::numeric_limits<double>::quiet_NaN(),
+                             std::numeric_limits<double>::infinity(),
+                             -std::numeric_limits<double>::infinity()}) {
+      auto y = x.clone();
+      y[1][2][7][3] = bad;
+      CHECK(holds_non_finite(y));
+      CHECK(holds_non_finite(y.transpose(1, 2)));
+    }
+  }
+  // float16 is summed in float: 4 x 65504 does not overflow into a false report.
+  CHECK_FALSE(holds_non_finite(at::full({1, 1, 2, 2}, 65504.0, at::kHalf)));
+}
