@@ -26,6 +26,7 @@ using namespace flash;
 template <typename T>
 struct BackwardScratch {
   std::vector<T> keys_t, values_t, key_rows;
+  std::vector<bool> fully_padded;  // per key block
   std::vector<float> grad_keys, grad_values;
   std::vector<T> query_rows, grad_out_rows;
   std::vector<float> scores, grad_weights, grad_query, delta, keep;
@@ -82,6 +83,9 @@ void backward_query_block(const BackwardViews& shape, const Strided4d<T>& q,
   std::fill(s.grad_query.begin(), s.grad_query.begin() + rows * D, 0.0f);
   const int64_t seen_keys = options.is_causal ? std::min(key_len, first + rows) : key_len;
   for (int64_t key_first = 0; key_first < seen_keys; key_first += kKeyBlock) {
+    // Nothing flows through a fully padded block: its weights and dS are zero in every row
+    // that sees a key (a row that sees none has no gradient), and its key gradients stay zero.
+    if (s.fully_padded[static_cast<size_t>(key_first / kKeyBlock)]) continue;
     const int64_t n = std::min(kKeyBlock, key_len - key_first);
     const int64_t n_packed = kVnni<T> ? (n + 1) / 2 * 2 : n;
     const int64_t offset = key_first * D;
@@ -131,13 +135,14 @@ void fused_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::T
   const float* flags = padding_flags.defined() ? padding_flags.const_data_ptr<float>() : nullptr;
   const float* lse_data = lse.const_data_ptr<float>();
   const int64_t D = shape.head_dim;
-  at::parallel_for(0, batch * shape.key_heads, 1, [&](int64_t begin, int64_t end) {
+  parallel_over_items(batch * shape.key_heads, [&](const auto& take) {
     BackwardScratch<T> s(D);
-    for (int64_t unit = begin; unit < end; ++unit) {
+    for (int64_t unit = take(); unit >= 0; unit = take()) {
       const int64_t b = unit / shape.key_heads, key_head = unit % shape.key_heads;
       const float* padded = flags == nullptr ? nullptr : flags + b * shape.key_len;
       pack_key_blocks<T>(keys, b, key_head, shape.key_len, D, padded, &s.keys_t, &s.key_rows);
       pack_key_blocks<T>(values, b, key_head, shape.key_len, D, nullptr, &s.values_t, nullptr);
+      s.fully_padded = fully_padded_key_blocks(padded, shape.key_len);
       s.grad_keys.assign(static_cast<size_t>(s.keys_t.size()), 0.0f);
       s.grad_values.assign(static_cast<size_t>(s.keys_t.size()), 0.0f);
       for (int64_t h = key_head * share; h < (key_head + 1) * share; ++h) {

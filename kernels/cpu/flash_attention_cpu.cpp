@@ -27,11 +27,13 @@ using namespace flash;
 template <typename T>
 struct PackedKeysValues {
   std::vector<T> keys, values;
+  std::vector<bool> fully_padded;  // per key block
 
   void pack(const Strided4d<T>& k, const Strided4d<T>& v, int64_t b, int64_t head, int64_t key_len,
             int64_t head_dim, const float* padded) {
     pack_key_blocks<T>(k, b, head, key_len, head_dim, nullptr, &keys, nullptr);
     pack_key_blocks<T>(v, b, head, key_len, head_dim, padded, nullptr, &values);
+    fully_padded = fully_padded_key_blocks(padded, key_len);
   }
 };
 
@@ -54,7 +56,7 @@ struct Shapes {
 };
 
 // Output rows of query block [first, first + rows) of (b, h): an online softmax over the key
-// blocks the block sees (all of them, or up to the diagonal when causal).
+// blocks the block sees (all of them, or up to the diagonal when causal) but fully padded ones.
 template <typename T>
 void attend_query_block(const Shapes& shape, const T* query, int64_t query_row_stride,
                         const PackedKeysValues<T>& packed, const float* padded, bool is_causal,
@@ -67,6 +69,7 @@ void attend_query_block(const Shapes& shape, const T* query, int64_t query_row_s
             OnlineSoftmaxRow{-std::numeric_limits<float>::infinity(), 0.0f});
   const int64_t seen_keys = is_causal ? std::min(key_len, first + rows) : key_len;
   for (int64_t key_first = 0; key_first < seen_keys; key_first += kKeyBlock) {
+    if (packed.fully_padded[static_cast<size_t>(key_first / kKeyBlock)]) continue;
     const int64_t n = std::min(kKeyBlock, key_len - key_first);
     const int64_t n_packed = kVnni<T> ? (n + 1) / 2 * 2 : n;
     const int64_t block_offset = (key_first / kKeyBlock) * kKeyBlock * D;
@@ -114,11 +117,11 @@ void fused_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   float* lse_data = lse.data_ptr<float>();
   const float* flags = padding_flags.defined() ? padding_flags.const_data_ptr<float>() : nullptr;
   const float scale = static_cast<float>(options.scale);
-  at::parallel_for(0, units * chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_over_items(units * chunks, [&](const auto& take) {
     PackedKeysValues<T> packed;
     QueryBlockScratch<T> scratch(shape.head_dim);
     int64_t packed_unit = -1;
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item = take(); item >= 0; item = take()) {
       const int64_t unit = item / chunks, chunk = item % chunks;
       const int64_t b = unit / shape.key_heads, key_head = unit % shape.key_heads;
       const float* padded = flags == nullptr ? nullptr : flags + b * shape.key_len;

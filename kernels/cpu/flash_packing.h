@@ -3,10 +3,12 @@
 // oneDNN's brgemm microkernel reads.
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -117,6 +119,35 @@ void pack_key_blocks(const Strided4d<T>& x, int64_t b, int64_t head, int64_t key
     }
     if (rows != nullptr) pack_rows(x, b, head, first, n, head_dim, zeroed, rows->data() + offset);
   }
+}
+
+// Per key block of kKeyBlock keys: whether every key in it is padded (`padded`, indexed by key,
+// may be null: none is). Such a block adds nothing to any row (its weights are exact zeros and
+// its value rows zero), so both kernels skip its products.
+inline std::vector<bool> fully_padded_key_blocks(const float* padded, int64_t key_len) {
+  std::vector<bool> fully_padded(static_cast<size_t>(ceil_div(key_len, kKeyBlock)), false);
+  if (padded == nullptr) return fully_padded;
+  for (int64_t first = 0; first < key_len; first += kKeyBlock) {
+    const float* end = padded + std::min(key_len, first + kKeyBlock);
+    fully_padded[static_cast<size_t>(first / kKeyBlock)] =
+        std::all_of(padded + first, end, [](float flag) { return flag != 0.0f; });
+  }
+  return fully_padded;
+}
+
+// Runs thread_body(take) once on each of at::parallel_for's threads; take() hands out items
+// 0, 1, ..., count - 1, each to the thread that asks first, then -1. Items differ in cost
+// (fully padded key blocks are skipped, causal rows see fewer keys), and a static split left
+// one thread with every unpadded view of a right-padded batch while the other idled.
+template <typename ThreadBody>
+void parallel_over_items(int64_t count, const ThreadBody& thread_body) {
+  std::atomic<int64_t> next{0};
+  const auto take = [&next, count]() -> int64_t {
+    const int64_t item = next.fetch_add(1, std::memory_order_relaxed);
+    return item < count ? item : -1;
+  };
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), count);
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) { thread_body(take); });
 }
 
 // The dropout mask of one (view batch, head) slice, or none.

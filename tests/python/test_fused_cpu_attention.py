@@ -18,7 +18,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 # Shapes that leave partial query and key blocks (64 x 128), a head dim no vector width divides,
-# grouped K/V, several groups, causal and padding. (B, N, H, H_kv, D, segments, rates)
+# grouped K/V, several groups, causal and padding (scattered, whole key blocks, whole sequences). (B, N, H, H_kv, D, segments, rates)
 SHAPES = [
     (1, 256, 4, 4, 64, [64, 128, 256], [1, 2, 4]),
     (2, 384, 6, 2, 32, [128, 384], [1, 3]),
@@ -39,9 +39,13 @@ def cases():
                     q = torch.randn(b, n, h, d, generator=gen).to(dtype)
                     k = torch.randn(b, n, h_kv, d, generator=gen).to(dtype)
                     v = torch.randn(b, n, h_kv, d, generator=gen).to(dtype)
-                    mask = (torch.rand(b, n, generator=gen) < 0.3) if padding else None
-                    if padding:  # a padded key's NaN value must never be read
-                        v[mask] = float("nan")
+                    mask = None
+                    if padding:
+                        mask = torch.rand(b, n, generator=gen) < 0.3
+                        mask[0, n // 2:] = True  # right padding: whole key blocks are skipped
+                        if b > 1:
+                            mask[-1] = True  # padding only: no row sees a key
+                        v[mask] = float("nan")  # a padded key's value must never be read
                     yield dtype, (segments, rates), causal, padding, q, k, v, mask
 
 
