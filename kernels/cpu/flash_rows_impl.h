@@ -73,6 +73,26 @@ void store_scaled(const float* src, float factor, int64_t n, W* dst) {
 
 // The maximum of scores[0, n), NaN when one is NaN.
 inline float max_of(const float* scores, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX512)
+  // vmaxps drops NaNs, at::vec::maximum keeps them at three instructions a vector: here one
+  // vmaxps and one vaddps a vector, the sum telling whether every score is finite (a sum that
+  // overflows only sends the row to the exact loop below).
+  {
+    __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    __m512 vsum = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+      const __m512 s = _mm512_loadu_ps(scores + j);
+      vmax = _mm512_max_ps(vmax, s);
+      vsum = _mm512_add_ps(vsum, s);
+    }
+    if (std::isfinite(_mm512_reduce_add_ps(vsum))) {
+      float max = _mm512_reduce_max_ps(vmax);
+      for (; j < n; ++j) max = nan_max(max, scores[j]);
+      return max;
+    }
+  }
+#endif
   using Vec = Vectorized<float>;
   constexpr int64_t width = Vec::size();
   Vec vmax(-std::numeric_limits<float>::infinity());
@@ -92,21 +112,24 @@ float exp_into(const float* scores, int64_t n, float scale, float max, const flo
                W* weights) {
   using Vec = Vectorized<float>;
   constexpr int64_t width = Vec::size();
-  // exp(scale s - max) = 2^(log2(e) scale s - log2(e) max), the exponent in one FMA.
+  // exp(scale s - max) = 2^(log2(e) scale s - log2(e) max), the exponent in one FMA; a maximum
+  // (or scale) beyond float's range once times log2(e) takes the scalar loop below.
   const Vec vscale(scale * kLog2e), vneg_max(-max * kLog2e);
   Vec vsum(0.0f);
   const auto kept = [keep](const Vec& e, int64_t j) {
     return keep == nullptr ? e : e * Vec::loadu(keep + j);
   };
+  const bool folds = std::isfinite(max * kLog2e) && std::isfinite(scale * kLog2e);
+  const int64_t vector_end = folds ? n : 0;
   int64_t j = 0;
   if constexpr (std::is_same_v<W, float>) {
-    for (; j + width <= n; j += width) {
+    for (; j + width <= vector_end; j += width) {
       const Vec e = exp2_of_nonpositive(at::vec::fmadd(Vec::loadu(scores + j), vscale, vneg_max));
       vsum = vsum + e;
       kept(e, j).store(weights + j);
     }
   } else {
-    for (; j + 2 * width <= n; j += 2 * width) {
+    for (; j + 2 * width <= vector_end; j += 2 * width) {
       const Vec e0 = exp2_of_nonpositive(at::vec::fmadd(Vec::loadu(scores + j), vscale, vneg_max));
       const Vec e1 =
           exp2_of_nonpositive(at::vec::fmadd(Vec::loadu(scores + j + width), vscale, vneg_max));
@@ -177,8 +200,7 @@ void backward_row(const float* scores, const float* grad_weights, int64_t n, int
   }
   using Vec = Vectorized<float>;
   constexpr int64_t width = Vec::size();
-  const Vec vscale(scale), vdelta(delta), vzero(0.0f);
-  const Vec vscale_log2(scale * kLog2e), vneg_lse_log2(-lse * kLog2e);
+  const Vec vscale(scale), vneg_lse(-lse), vdelta(delta), vzero(0.0f), vlog2e(kLog2e);
   alignas(64) float lane[width];
   for (int64_t l = 0; l < width; ++l) lane[l] = static_cast<float>(l);
   const Vec lanes = Vec::loadu(lane);
@@ -186,7 +208,8 @@ void backward_row(const float* scores, const float* grad_weights, int64_t n, int
   for (; j < n; j += width) {
     const int64_t count = std::min(width, n - j);
     const Vec s = Vec::loadu(scores + j, count), dp = Vec::loadu(grad_weights + j, count);
-    const Vec undropped = exp2_of_nonpositive(at::vec::fmadd(s, vscale_log2, vneg_lse_log2));
+    // log2(e) after the FMA: folded into it, -lse log2(e) could leave float's range.
+    const Vec undropped = exp2_of_nonpositive(at::vec::fmadd(s, vscale, vneg_lse) * vlog2e);
     Vec p = undropped, dp_kept = dp;
     if (keep != nullptr) {  // the output used P * keep; dS uses the undropped P
       const Vec k = Vec::loadu(keep + j, count);

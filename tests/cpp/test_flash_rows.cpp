@@ -119,3 +119,36 @@ TEST_CASE("every build's backward weights match double exponentials", "[flash_ro
     }
   }
 }
+
+TEST_CASE("every build's online softmax finds NaN and +inf scores anywhere in a block",
+          "[flash_rows]") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const auto& [name, kernels] : builds()) {
+    for (const int64_t n : {int64_t{16}, int64_t{100}, kKeys}) {
+      for (const int64_t at : {int64_t{0}, int64_t{5}, n - 1}) {
+        for (const float bad : {nan, inf}) {
+          INFO(name << " n=" << n << " at=" << at << " bad=" << bad);
+          std::vector<float> scores(static_cast<size_t>(n), 1.0f);
+          scores[static_cast<size_t>(at)] = bad;
+          std::vector<float> weights(static_cast<size_t>(n)), acc(8, 0.0f);
+          OnlineSoftmaxRow row{-inf, 0.0f};
+          kernels->online_block(scores.data(), n, n, 1.0f, nullptr, nullptr, row, weights.data(),
+                                n, acc.data(), 8);
+          CHECK(std::isnan(row.max));
+        }
+      }
+      // Finite scores whose sum overflows float: the maximum is still theirs.
+      std::vector<float> big(static_cast<size_t>(n), 3e38f);
+      big[static_cast<size_t>(n / 2)] = 3.2e38f;
+      std::vector<float> weights(static_cast<size_t>(n)), acc(8, 0.0f);
+      OnlineSoftmaxRow row{-inf, 0.0f};
+      kernels->online_block(big.data(), n, n, 1.0f, nullptr, nullptr, row, weights.data(), n,
+                            acc.data(), 8);
+      INFO(name << " n=" << n);
+      CHECK(row.max == 3.2e38f);
+      CHECK(weights[static_cast<size_t>(n / 2)] == 1.0f);
+      CHECK(weights[0] == static_cast<float>(std::exp(3e38 - 3.2e38)));  // 0
+    }
+  }
+}
