@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -69,11 +70,27 @@ void pack_rows(const Strided4d<T>& x, int64_t b, int64_t head, int64_t first, in
                int64_t head_dim, const float* zeroed, T* block) {
   constexpr int64_t per_pair = kVnni<T> ? 2 : 1;
   const int64_t rows = ceil_div(n, per_pair) * per_pair;
+  const auto kept = [&](int64_t j) {
+    return j < n && (zeroed == nullptr || zeroed[first + j] == 0.0f);
+  };
   for (int64_t j0 = 0; j0 < rows; j0 += per_pair) {
     T* out = block + j0 * head_dim;
+    if constexpr (kVnni<T> && std::endian::native == std::endian::little) {
+      if (x.s3 == 1 && kept(j0) && kept(j0 + 1)) {
+        // Two contiguous rows into 32-bit words, row j0 in the low half: a loop the compiler
+        // vectorises (element by element it took 5% of a bf16 forward).
+        const auto* even = reinterpret_cast<const uint16_t*>(x.at(b, head, first + j0));
+        const auto* odd = reinterpret_cast<const uint16_t*>(x.at(b, head, first + j0 + 1));
+        auto* words = reinterpret_cast<uint32_t*>(out);
+        for (int64_t d = 0; d < head_dim; ++d) {
+          words[d] = static_cast<uint32_t>(even[d]) | (static_cast<uint32_t>(odd[d]) << 16);
+        }
+        continue;
+      }
+    }
     for (int64_t half = 0; half < per_pair; ++half) {
       const int64_t j = j0 + half;
-      const bool zero = j >= n || (zeroed != nullptr && zeroed[first + j] != 0.0f);
+      const bool zero = !kept(j);
       const T* row = zero ? nullptr : x.at(b, head, first + j);
       for (int64_t d = 0; d < head_dim; ++d) {
         out[d * per_pair + half] = zero ? T(0) : row[d * x.s3];
