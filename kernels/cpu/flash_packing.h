@@ -87,6 +87,11 @@ void pack_rows(const Strided4d<T>& x, int64_t b, int64_t head, int64_t first, in
         }
         continue;
       }
+    } else if constexpr (!kVnni<T>) {
+      if (x.s3 == 1 && kept(j0)) {
+        std::copy_n(x.at(b, head, first + j0), head_dim, out);
+        continue;
+      }
     }
     for (int64_t half = 0; half < per_pair; ++half) {
       const int64_t j = j0 + half;
