@@ -1,7 +1,8 @@
 """Plots the benchmark JSON in a results folder into report.png (next to the JSON).
 
 Left: tokens/s against sequence length, forward and forward+backward, for ours, the per-group
-gather + SDPA baseline and dense SDPA (from seq_<N>.json of the C++ benchmark).
+gather + SDPA baseline and dense SDPA, float32 and bfloat16 (from seq_<N>*.json of the C++
+benchmark).
 Right: per-rank tokens/s for P = 1, 2, 4 over gloo (from distributed.json).
 """
 
@@ -22,14 +23,21 @@ def load_sequence_runs(folder: Path):
     return sorted(runs, key=lambda r: r["config"]["seq"])
 
 
+# (line, marker) per (dtype, pass): float32 solid / dashed, bfloat16 dotted.
+LINES = {("float32", "forward"): ("-", "o"), ("float32", "forward_backward"): ("--", "s"),
+         ("bfloat16", "forward"): (":", "^"), ("bfloat16", "forward_backward"): ("-.", "v")}
+
+
 def plot_sequence(ax, runs):
     for method, color in STYLE.items():
-        for pass_name, marker, line in (("forward", "o", "-"), ("forward_backward", "s", "--")):
-            points = [(r["config"]["seq"], row["tokens_per_s"]) for r in runs for row in r["results"]
-                      if row["method"] == method and row["pass"] == pass_name]
+        for (dtype, pass_name), (line, marker) in LINES.items():
+            points = sorted((r["config"]["seq"], row["tokens_per_s"]) for r in runs
+                            if r["config"]["dtype"] == dtype for row in r["results"]
+                            if row["method"] == method and row["pass"] == pass_name)
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, line, marker=marker, color=color, label=f"{method} {pass_name}")
+                ax.plot(xs, ys, line, marker=marker, color=color,
+                        label=f"{method} {pass_name} {dtype}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length N")
@@ -37,7 +45,7 @@ def plot_sequence(ax, runs):
     if runs:
         c, m = runs[0]["config"], runs[0]["machine"]
         ax.set_title(f"B={c['batch']} H={c['heads']} D={c['head_dim']} segments {c['segments']} "
-                     f"rates {c['rates']} {c['dtype']}\n{m['cpu_model']}, {m['threads']} threads",
+                     f"rates {c['rates']}\n{m['cpu_model']}, {m['threads']} threads",
                      fontsize=8)
     ax.legend(fontsize=7)
 
