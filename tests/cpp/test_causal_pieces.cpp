@@ -49,9 +49,9 @@ TEST_CASE("a non-finite value is found in every floating dtype", "[causal_pieces
     auto x = block().to(dtype);
     CHECK_FALSE(holds_non_finite(x));
     CHECK_FALSE(holds_non_finite(x.transpose(1, 2)));
-    for (const double bad : {std::numeric_limits<double>::quiet_NaN(),
-                             std::numeric_limits<double>::infinity(),
-                             -std::numeric_limits<double>::infinity()}) {
+    for (const double bad :
+         {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(),
+          -std::numeric_limits<double>::infinity()}) {
       auto y = x.clone();
       y[1][2][7][3] = bad;
       CHECK(holds_non_finite(y));

@@ -82,8 +82,8 @@ TEST_CASE("every build's online-softmax weights match double exponentials", "[fl
         OnlineSoftmaxRow row{-std::numeric_limits<float>::infinity(), 0.0f};
         const auto raw = scores;
         kernels->online_block(scores.data(), kKeys, visible, scale,
-                              with_padding ? padded.data() : nullptr, nullptr, row,
-                              weights.data(), kKeys + 2, acc.data(), 16);
+                              with_padding ? padded.data() : nullptr, nullptr, row, weights.data(),
+                              kKeys + 2, acc.data(), 16);
         CHECK(row.max == 0.0f);
         double sum = 0.0;
         for (int64_t j = 0; j < kKeys; ++j) {
@@ -133,8 +133,8 @@ TEST_CASE("every build's online softmax finds NaN and +inf scores anywhere in a 
           scores[static_cast<size_t>(at)] = bad;
           std::vector<float> weights(static_cast<size_t>(n)), acc(8, 0.0f);
           OnlineSoftmaxRow row{-inf, 0.0f};
-          kernels->online_block(scores.data(), n, n, 1.0f, nullptr, nullptr, row, weights.data(),
-                                n, acc.data(), 8);
+          kernels->online_block(scores.data(), n, n, 1.0f, nullptr, nullptr, row, weights.data(), n,
+                                acc.data(), 8);
           CHECK(std::isnan(row.max));
         }
       }
