@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "catch_compat.h"
+#include "cpu_features.h"
 #include "kernels/cpu/flash_rows.h"
 #include "kernels/cpu/row_kernels.h"
 
@@ -16,17 +17,6 @@ namespace {
 
 using dilated_attention::FlashRowKernels;
 using dilated_attention::OnlineSoftmaxRow;
-
-#if defined(__GNUC__) && defined(__x86_64__)
-bool cpu_has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
-bool cpu_has_avx512() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
-#else
-bool cpu_has_avx2() { return false; }
-bool cpu_has_avx512() { return false; }
-#endif
 
 std::vector<std::pair<std::string, const FlashRowKernels<float>*>> builds() {
   std::vector<std::pair<std::string, const FlashRowKernels<float>*>> all{

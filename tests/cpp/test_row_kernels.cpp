@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "catch_compat.h"
+#include "cpu_features.h"
 #include "kernels/cpu/row_kernels.h"
 #include "kernels/index/dropout_mask.h"
 
@@ -18,17 +19,6 @@ namespace {
 using dilated_attention::DropoutMask;
 using dilated_attention::DropoutRow;
 using dilated_attention::RowKernels;
-
-#if defined(__GNUC__) && defined(__x86_64__)
-bool cpu_has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
-bool cpu_has_avx512() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
-#else
-bool cpu_has_avx2() { return false; }
-bool cpu_has_avx512() { return false; }
-#endif
 
 // (name, table) of every build this CPU can run.
 template <typename T>
