@@ -290,6 +290,14 @@ bool takes_non_finite_handling(const at::Tensor& q, const BlockOptions& options,
   return options.is_causal || keys < kShortKeyBlock || is_zero_scale(q, options);
 }
 
+bool forward_is_the_kernel_alone(const at::Tensor& q, const at::Tensor& k,
+                                 const BlockOptions& options) {
+  if (is_zero_scale(q, options) || is_negative_scale(options)) return false;
+  // attend_with_checks marks nothing where the caller checked its inputs finite or the block is
+  // neither causal (cut into pieces) nor short (judged).
+  return !options.may_hold_non_finite || !takes_non_finite_handling(q, options, k.size(2));
+}
+
 std::tuple<at::Tensor, at::Tensor> with_unseen_rows_as_nan(at::Tensor out, at::Tensor lse,
                                                            const at::Tensor& rows_without_keys) {
   if (!kernels_for(lse.device().type()).checks_non_finite_on_host || lse.numel() == 0) {

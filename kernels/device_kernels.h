@@ -9,6 +9,7 @@
 #include <c10/core/DeviceType.h>
 
 #include <tuple>
+#include <vector>
 
 #include "kernels/block_options.h"
 
@@ -20,6 +21,15 @@ struct KernelRequest {
   int64_t head_dim = 0;
   bool dropout = false;           // dropout_p > 0
   bool key_padding_mask = false;  // a key_padding_mask was given
+};
+
+// One head group's share of DeviceKernels::ForwardGroupsInto: its views and options, as Forward
+// takes them, and the views of the whole result its rows are written to.
+struct GroupForwardInto {
+  at::Tensor q, k, v;
+  BlockOptions options;
+  at::Tensor out;  // [B', h, Lq, D] view of the result, unit stride along D
+  at::Tensor lse;  // [B', h, Lq] view of the result's log-sum-exp, accumulation dtype
 };
 
 struct DeviceKernels {
@@ -42,6 +52,13 @@ struct DeviceKernels {
   // out and lse: acc_out is updated in place, the merged log-sum-exp is returned.
   using Merge = at::Tensor (*)(at::Tensor& acc_out, const at::Tensor& acc_lse,
                                const at::Tensor& block_out, const at::Tensor& block_lse);
+  // Optional: every group's forward in one call, each group's output times out_scale written
+  // into its view of the result (no per-group result, no copy) and its log-sum-exp into its
+  // view; rows that see no key give 0 with log-sum-exp -inf. Only called where Forward alone is
+  // block_attention_forward (kernels/block_attention.h: forward_is_the_kernel_alone). Returns
+  // false, having written nothing, where it does not take the call: the caller then runs the
+  // groups one by one.
+  using ForwardGroupsInto = bool (*)(const std::vector<GroupForwardInto>& groups, double out_scale);
   // Raises ValueError naming what these kernels cannot take (called during validation).
   using CheckSupported = void (*)(const KernelRequest& request);
 
@@ -54,6 +71,7 @@ struct DeviceKernels {
   // the kernel drops a non-finite row. Each starts with a reduction read on the host: free on
   // the CPU, a device sync on CUDA, where it is off until a sync-free check exists.
   bool checks_non_finite_on_host = false;
+  ForwardGroupsInto forward_groups_into = nullptr;
 };
 
 // The kernels of `device`; ValueError when this build has none for it.

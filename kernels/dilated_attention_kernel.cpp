@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <utility>
+#include <vector>
 
 #include "kernels/block_attention.h"
 #include "kernels/causal_pieces.h"
@@ -82,15 +84,27 @@ std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(
 
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
   const bool may_hold = inputs_may_hold_non_finite(config, q, {&q, &k, &v});
+  std::vector<GroupForwardInto> calls;
   for (const auto& group : config.groups) {
     auto options = group_block_options(config, group, q.size(1), mask);
     options.may_hold_non_finite = may_hold;
     options.key_padding = group_positions_view(padding, group);
     const auto kv_group = key_value_group(group, config.heads_per_key_value);
-    auto [group_out, group_lse] = block_attention_forward(
-        group_view(q, group), group_view(k, kv_group), group_view(v, kv_group), options);
-    group_view(out, group).copy_(group_out.mul_(config.output_scale));
-    group_rows_view(lse, group).copy_(group_lse);
+    calls.push_back({group_view(q, group), group_view(k, kv_group), group_view(v, kv_group),
+                     std::move(options), group_view(out, group), group_rows_view(lse, group)});
+  }
+  const auto& kernels = kernels_for(q.device().type());
+  const bool kernel_alone = std::all_of(calls.begin(), calls.end(), [](const auto& call) {
+    return forward_is_the_kernel_alone(call.q, call.k, call.options);
+  });
+  if (kernel_alone && kernels.forward_groups_into != nullptr &&
+      kernels.forward_groups_into(calls, config.output_scale)) {
+    return {out, lse};
+  }
+  for (const auto& call : calls) {
+    auto [group_out, group_lse] = block_attention_forward(call.q, call.k, call.v, call.options);
+    call.out.copy_(group_out.mul_(config.output_scale));
+    call.lse.copy_(group_lse);
   }
   return {out, lse};
 }

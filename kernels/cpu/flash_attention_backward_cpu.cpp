@@ -169,7 +169,8 @@ void fused_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::T
 bool fused_backward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options) {
   // One task per (view batch, key head): with fewer than the threads, ATen's kernel (or the
   // dropout kernel) spreads the work better.
-  return fused_forward_takes(q, k, options) && q.size(0) * k.size(1) >= at::get_num_threads();
+  return fused_kernel_takes(q, k, options, FusedPass::kBackward) &&
+         q.size(0) * k.size(1) >= at::get_num_threads();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_attention_backward(

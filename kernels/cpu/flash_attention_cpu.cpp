@@ -28,12 +28,14 @@ template <typename T>
 struct PackedKeysValues {
   std::vector<T> keys, values;
   std::vector<bool> fully_padded;  // per key block
+  int64_t first_unpadded = 0;      // the first key that is not padding, key_len if none
 
   void pack(const Strided4d<T>& k, const Strided4d<T>& v, int64_t b, int64_t head, int64_t key_len,
             int64_t head_dim, const float* padded) {
     pack_key_blocks<T>(k, b, head, key_len, head_dim, nullptr, &keys, nullptr);
     pack_key_blocks<T>(v, b, head, key_len, head_dim, padded, nullptr, &values);
     fully_padded = fully_padded_key_blocks(padded, key_len);
+    first_unpadded = padded == nullptr ? 0 : std::find(padded, padded + key_len, 0.0f) - padded;
   }
 };
 
@@ -51,19 +53,46 @@ struct QueryBlockScratch {
         rows(kQueryBlock) {}
 };
 
-struct Shapes {
+// Where a call's rows go: out[b, h, i, :] (unit stride along D) and lse[b, h, i].
+template <typename T>
+struct Destination {
+  T* out;
+  int64_t out_s0, out_s1, out_s2;
+  float* lse;
+  int64_t lse_s0, lse_s1, lse_s2;
+  float out_scale;  // the output is written times this
+};
+
+// One forward call of a multi-group run, with its share of the run's work items: a unit is one
+// (view batch, key head), whose keys and values are packed once per thread and serve every
+// query block of the heads that share them; units split into `chunks` runs of (head, query
+// block) tasks only when there are too few of them to keep every thread busy.
+template <typename T>
+struct ForwardCall {
   int64_t batch, heads, key_heads, query_len, key_len, head_dim;
+  Strided4d<T> queries, keys, values;
+  Destination<T> to;
+  const float* padding_flags;  // [B', Lk], 1.0 at padded keys, or null
+  const BlockOptions* options;
+  int64_t share, query_blocks, tasks_per_unit, chunks, tasks_per_chunk;
+
+  int64_t units() const { return batch * key_heads; }
+  int64_t items() const { return units() * chunks; }
 };
 
 // Output rows of query block [first, first + rows) of (b, h): an online softmax over the key
 // blocks the block sees (all of them, or up to the diagonal when causal) but fully padded ones.
+// Rows that see no key at all give 0 and log-sum-exp -inf.
 template <typename T>
-void attend_query_block(const Shapes& shape, const T* query, int64_t query_row_stride,
-                        const PackedKeysValues<T>& packed, const float* padded, bool is_causal,
-                        float scale, const SliceDropout& dropout, int64_t first, int64_t rows,
-                        QueryBlockScratch<T>& scratch, T* out, int64_t out_row_stride, float* lse) {
+void attend_query_block(const ForwardCall<T>& call, int64_t b, int64_t h,
+                        const PackedKeysValues<T>& packed, const float* padded,
+                        const SliceDropout& dropout, int64_t first, int64_t rows,
+                        QueryBlockScratch<T>& scratch) {
   const auto& kernels = flash_row_kernels<T>();
-  const int64_t D = shape.head_dim, key_len = shape.key_len;
+  const int64_t D = call.head_dim, key_len = call.key_len;
+  const bool is_causal = call.options->is_causal;
+  const float scale = static_cast<float>(call.options->scale);
+  const T* query = call.queries.at(b, h, first);
   std::fill(scratch.acc.begin(), scratch.acc.begin() + rows * D, 0.0f);
   std::fill(scratch.rows.begin(), scratch.rows.begin() + rows,
             OnlineSoftmaxRow{-std::numeric_limits<float>::infinity(), 0.0f});
@@ -73,7 +102,7 @@ void attend_query_block(const Shapes& shape, const T* query, int64_t query_row_s
     const int64_t n = std::min(kKeyBlock, key_len - key_first);
     const int64_t n_packed = kVnni<T> ? (n + 1) / 2 * 2 : n;
     const int64_t block_offset = (key_first / kKeyBlock) * kKeyBlock * D;
-    at::native::cpublas::brgemm(rows, n, D, query_row_stride, kKeyBlock, kKeyBlock, false, query,
+    at::native::cpublas::brgemm(rows, n, D, call.queries.s2, kKeyBlock, kKeyBlock, false, query,
                                 packed.keys.data() + block_offset, scratch.scores.data(), kVnni<T>);
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t visible = is_causal ? std::clamp<int64_t>(first + i + 1 - key_first, 0, n) : n;
@@ -90,62 +119,133 @@ void attend_query_block(const Shapes& shape, const T* query, int64_t query_row_s
     at::native::cpublas::brgemm(rows, D, n_packed, kKeyBlock, D, D, true, scratch.weights.data(),
                                 packed.values.data() + block_offset, scratch.acc.data(), kVnni<T>);
   }
+  const auto& to = call.to;
   for (int64_t i = 0; i < rows; ++i) {
-    lse[i] = kernels.finish_row(scratch.acc.data() + i * D, D, scratch.rows[i],
-                                out + i * out_row_stride);
+    T* out = to.out + b * to.out_s0 + h * to.out_s1 + (first + i) * to.out_s2;
+    float& lse = to.lse[b * to.lse_s0 + h * to.lse_s1 + (first + i) * to.lse_s2];
+    const bool sees_no_key =
+        is_causal ? first + i < packed.first_unpadded : packed.first_unpadded == key_len;
+    if (sees_no_key) {
+      std::fill(out, out + D, T(0));
+      lse = -std::numeric_limits<float>::infinity();
+    } else {
+      lse = kernels.finish_row(scratch.acc.data() + i * D, D, scratch.rows[i], to.out_scale, out);
+    }
   }
 }
 
+// Every call's forward in one parallel region: threads take work items of any call as they
+// finish one, so no thread waits at the end of a group for the others.
 template <typename T>
-void fused_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const at::Tensor& padding_flags, const BlockOptions& options, at::Tensor& out,
-                   at::Tensor& lse) {
-  const Shapes shape{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
-  const int64_t share = shape.heads / shape.key_heads;
-  const int64_t query_blocks = ceil_div(shape.query_len, kQueryBlock);
-  // A unit is one (view batch, key head): its keys and values are packed once per thread and
-  // serve every query block of the heads that share them. Units split into chunks of query
-  // blocks only when there are too few of them to keep every thread busy.
-  const int64_t units = shape.batch * shape.key_heads;
-  const int64_t tasks_per_unit = share * query_blocks;
-  const int64_t chunks =
-      std::clamp<int64_t>(ceil_div(4 * at::get_num_threads(), units), 1, tasks_per_unit);
-  const int64_t tasks_per_chunk = ceil_div(tasks_per_unit, chunks);
-  const Strided4d<T> keys(k), values(v), queries(q);
-  // out is [B', Lq, h, D] in memory, viewed as [B', h, Lq, D] (as ATen's kernel returns it).
-  T* out_data = out.data_ptr<T>();
-  float* lse_data = lse.data_ptr<float>();
-  const float* flags = padding_flags.defined() ? padding_flags.const_data_ptr<float>() : nullptr;
-  const float scale = static_cast<float>(options.scale);
-  parallel_over_items(units * chunks, [&](const auto& take) {
+void fused_forward(const std::vector<ForwardCall<T>>& calls) {
+  std::vector<int64_t> first_item{0};  // calls[c]'s items are [first_item[c], first_item[c + 1])
+  for (const auto& call : calls) first_item.push_back(first_item.back() + call.items());
+  parallel_over_items(first_item.back(), [&](const auto& take) {
     PackedKeysValues<T> packed;
-    QueryBlockScratch<T> scratch(shape.head_dim);
-    int64_t packed_unit = -1;
+    QueryBlockScratch<T> scratch(calls.front().head_dim);
+    int64_t packed_call = -1, packed_unit = -1;
     for (int64_t item = take(); item >= 0; item = take()) {
-      const int64_t unit = item / chunks, chunk = item % chunks;
-      const int64_t b = unit / shape.key_heads, key_head = unit % shape.key_heads;
-      const float* padded = flags == nullptr ? nullptr : flags + b * shape.key_len;
-      const int64_t task_end = std::min(tasks_per_unit, (chunk + 1) * tasks_per_chunk);
-      for (int64_t task = chunk * tasks_per_chunk; task < task_end; ++task) {
-        if (unit != packed_unit) {
-          packed.pack(keys, values, b, key_head, shape.key_len, shape.head_dim, padded);
+      const auto c = static_cast<int64_t>(
+          std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1);
+      const auto& call = calls[static_cast<size_t>(c)];
+      const int64_t local = item - first_item[static_cast<size_t>(c)];
+      const int64_t unit = local / call.chunks, chunk = local % call.chunks;
+      const int64_t b = unit / call.key_heads, key_head = unit % call.key_heads;
+      const float* padded =
+          call.padding_flags == nullptr ? nullptr : call.padding_flags + b * call.key_len;
+      const int64_t task_end = std::min(call.tasks_per_unit, (chunk + 1) * call.tasks_per_chunk);
+      for (int64_t task = chunk * call.tasks_per_chunk; task < task_end; ++task) {
+        if (c != packed_call || unit != packed_unit) {
+          packed.pack(call.keys, call.values, b, key_head, call.key_len, call.head_dim, padded);
+          packed_call = c;
           packed_unit = unit;
         }
-        const int64_t h = key_head * share + task / query_blocks;
-        const int64_t first = (task % query_blocks) * kQueryBlock;
-        const int64_t rows = std::min(kQueryBlock, shape.query_len - first);
-        const int64_t out_row_stride = shape.heads * shape.head_dim;
-        const SliceDropout dropout{options.uses_dropout() ? options.dropout : nullptr,
-                                   slice_coordinates(options.where, b, h)};
-        attend_query_block<T>(
-            shape, queries.at(b, h, first), queries.s2, packed, padded, options.is_causal, scale,
-            dropout, first, rows, scratch,
-            out_data + (b * shape.query_len + first) * out_row_stride + h * shape.head_dim,
-            out_row_stride, lse_data + (b * shape.heads + h) * shape.query_len + first);
+        const int64_t h = key_head * call.share + task / call.query_blocks;
+        const int64_t first = (task % call.query_blocks) * kQueryBlock;
+        const SliceDropout dropout{call.options->uses_dropout() ? call.options->dropout : nullptr,
+                                   slice_coordinates(call.options->where, b, h)};
+        attend_query_block<T>(call, b, h, packed, padded, dropout, first,
+                              std::min(kQueryBlock, call.query_len - first), scratch);
       }
     }
     at::native::cpublas::brgemm_release(kVnni<T>);
   });
+}
+
+// The tensors a call reads, kept alive while the run lasts: the queries with readable rows
+// (flash_attention_cpu.h) and the padding as float flags.
+struct CallInputs {
+  at::Tensor queries, padding_flags;
+};
+
+CallInputs call_inputs(const at::Tensor& q, const BlockOptions& options) {
+  return {with_readable_rows(q), options.key_padding.defined()
+                                     ? options.key_padding.to(at::kFloat).contiguous()
+                                     : at::Tensor()};
+}
+
+// The calls of a run with their work split: chunks per unit from the units of all calls.
+template <typename T>
+std::vector<ForwardCall<T>> planned_calls(const std::vector<GroupForwardInto>& groups,
+                                          const std::vector<CallInputs>& inputs, float out_scale) {
+  int64_t all_units = 0;
+  for (const auto& group : groups) all_units += group.q.size(0) * group.k.size(1);
+  std::vector<ForwardCall<T>> calls;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const auto& group = groups[i];
+    const at::Tensor& q = inputs[i].queries;
+    const auto& flags = inputs[i].padding_flags;
+    const Destination<T> to{
+        group.out.data_ptr<T>(), group.out.stride(0),         group.out.stride(1),
+        group.out.stride(2),     group.lse.data_ptr<float>(), group.lse.stride(0),
+        group.lse.stride(1),     group.lse.stride(2),         out_scale};
+    ForwardCall<T> call{q.size(0),
+                        q.size(1),
+                        group.k.size(1),
+                        q.size(2),
+                        group.k.size(2),
+                        q.size(3),
+                        Strided4d<T>(q),
+                        Strided4d<T>(group.k),
+                        Strided4d<T>(group.v),
+                        to,
+                        flags.defined() ? flags.const_data_ptr<float>() : nullptr,
+                        &group.options,
+                        /*share=*/q.size(1) / group.k.size(1),
+                        /*query_blocks=*/ceil_div(q.size(2), kQueryBlock),
+                        0,
+                        0,
+                        0};
+    call.tasks_per_unit = call.share * call.query_blocks;
+    call.chunks =
+        std::clamp<int64_t>(ceil_div(4 * at::get_num_threads(), all_units), 1, call.tasks_per_unit);
+    call.tasks_per_chunk = ceil_div(call.tasks_per_unit, call.chunks);
+    calls.push_back(call);
+  }
+  return calls;
+}
+
+// Runs the groups that have rows to compute; the others' rows are 0 with log-sum-exp -inf.
+void run_into(const std::vector<GroupForwardInto>& groups, double out_scale) {
+  std::vector<GroupForwardInto> with_work;
+  for (const auto& group : groups) {
+    if (group.out.numel() == 0) continue;
+    if (group.k.size(2) == 0) {  // no key to see
+      group.out.zero_();
+      group.lse.fill_(-std::numeric_limits<double>::infinity());
+      continue;
+    }
+    with_work.push_back(group);
+  }
+  if (with_work.empty()) return;
+  std::vector<CallInputs> inputs;
+  for (const auto& group : with_work) inputs.push_back(call_inputs(group.q, group.options));
+  const auto scale = static_cast<float>(out_scale);
+  if (with_work.front().q.scalar_type() == at::kBFloat16) {
+    fused_forward(planned_calls<c10::BFloat16>(with_work, inputs, scale));
+  } else {
+    fused_forward(planned_calls<float>(with_work, inputs, scale));
+  }
 }
 
 // Whether oneDNN's bf16 microkernel runs in this process: it needs AVX-512 (oneDNN's
@@ -168,23 +268,32 @@ bool bf16_microkernel_runs() {
   return runs && at::globalContext().userEnabledMkldnn();
 }
 
-// The CPUs this kernel was measured faster on (AMD Zen 4): AVX-512 (for bfloat16 with
-// AVX512-BF16) and no AMX. On AMX CPUs ATen's kernel runs its bf16 products on the tiles
-// (about 330 GFLOP/s at D = 64 on two Sapphire Rapids cores, more than this kernel's dot
-// products reach), and nothing was measured on AVX2-only CPUs: ATen's kernel stays there.
-bool measured_faster_here(at::ScalarType dtype) {
+// Where this kernel was measured faster than ATen's CPU flash kernel, on the README's bench
+// config (docs/benchmarks, the notes of issue 14): AVX-512, and for bfloat16 AVX512-BF16.
+// - AMD Zen 4 (no AMX): both passes, both dtypes (bf16 forward about 2.1x, float32 1.3x).
+// - Intel Emerald Rapids (AMX, 2 vCPU): the same but the bf16 forward, where ATen's kernel, its
+//   products on the tiles too, took 0.13-0.15 s against this kernel's 0.15-0.19 s; our bf16
+//   backward took about 0.47 s against ATen's 0.68 s, our float32 forward 0.315 s against
+//   0.344 s (backward equal within the machine's noise).
+// Nothing was measured on AVX2-only CPUs: ATen's kernel stays there.
+bool measured_faster_here(at::ScalarType dtype, FusedPass pass) {
 #if defined(__GNUC__) && defined(__x86_64__)
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  const bool bf16 = dtype != at::kBFloat16 || __builtin_cpu_supports("avx512bf16");
-  return avx512 && bf16 && !__builtin_cpu_supports("amx-bf16");
+  if (dtype != at::kBFloat16) return avx512;
+  const bool amx_forward = pass == FusedPass::kForward && __builtin_cpu_supports("amx-bf16");
+  return avx512 && __builtin_cpu_supports("avx512bf16") && !amx_forward;
 #else
   (void)dtype;
+  (void)pass;
   return false;
 #endif
 }
 
-enum class Choice { kMeasured, kAten, kFused };
+// DILATED_ATTENTION_CPU_ATTENTION: unset, the measured choice; aten, fused, or fused-backward
+// (ATen's forward, or the dropout kernel's, with our backward: the pairing the measured choice
+// makes for bf16 on AMX CPUs, so the tests run it on any machine).
+enum class Choice { kMeasured, kAten, kFused, kFusedBackward };
 
 Choice forced_choice() {
   static const Choice choice = [] {
@@ -192,9 +301,24 @@ Choice forced_choice() {
     if (env == nullptr) return Choice::kMeasured;
     if (std::strcmp(env, "aten") == 0) return Choice::kAten;
     if (std::strcmp(env, "fused") == 0) return Choice::kFused;
+    if (std::strcmp(env, "fused-backward") == 0) return Choice::kFusedBackward;
     return Choice::kMeasured;
   }();
   return choice;
+}
+
+bool chosen(at::ScalarType dtype, FusedPass pass) {
+  switch (forced_choice()) {
+    case Choice::kAten:
+      return false;
+    case Choice::kFused:
+      return true;
+    case Choice::kFusedBackward:
+      return pass == FusedPass::kBackward;
+    case Choice::kMeasured:
+      break;
+  }
+  return measured_faster_here(dtype, pass);
 }
 
 }  // namespace
@@ -203,14 +327,17 @@ at::Tensor with_readable_rows(const at::Tensor& x) {
   return (x.stride(3) == 1 && x.stride(2) >= x.size(3)) ? x : x.contiguous();
 }
 
-bool fused_forward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options) {
-  const Choice choice = forced_choice();
-  if (choice == Choice::kAten) return false;
+bool fused_kernel_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options,
+                        FusedPass pass) {
   if (options.is_causal && q.size(2) != k.size(2)) return false;  // causal blocks are square
   const auto dtype = q.scalar_type();
   if (dtype == at::kBFloat16 && (q.size(3) % 2 != 0 || !bf16_microkernel_runs())) return false;
   if (dtype != at::kBFloat16 && dtype != at::kFloat) return false;
-  return choice == Choice::kFused || measured_faster_here(dtype);
+  return chosen(dtype, pass);
+}
+
+bool fused_forward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options) {
+  return fused_kernel_takes(q, k, options, FusedPass::kForward);
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& q, const at::Tensor& k,
@@ -220,20 +347,25 @@ std::tuple<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& q, 
   TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kFloat,
               "fused_attention_forward: expected bfloat16 or float32, got ", dtype);
   const int64_t batch = q.size(0), heads = q.size(1), query_len = q.size(2), D = q.size(3);
+  // [B', Lq, h, D] in memory, viewed as [B', h, Lq, D] (as ATen's kernel returns it).
   auto out = at::empty({batch, query_len, heads, D}, q.options()).permute({0, 2, 1, 3});
   auto lse = at::empty({batch, heads, query_len}, q.options().dtype(at::kFloat));
-  if (out.numel() == 0 || k.size(2) == 0) {  // no rows, or no key to see: 0, log-sum-exp -inf
-    return {out.zero_(), lse.fill_(-std::numeric_limits<float>::infinity())};
-  }
-  const auto query = with_readable_rows(q);
-  const auto flags = options.key_padding.defined() ? options.key_padding.to(at::kFloat).contiguous()
-                                                   : at::Tensor();
-  if (dtype == at::kBFloat16) {
-    fused_forward<c10::BFloat16>(query, k, v, flags, options, out, lse);
-  } else {
-    fused_forward<float>(query, k, v, flags, options, out, lse);
-  }
+  run_into({{q, k, v, options, out, lse}}, 1.0);
   return {out, lse};
+}
+
+bool fused_forward_groups_into(const std::vector<GroupForwardInto>& groups, double out_scale) {
+  if (groups.empty()) return true;
+  const auto dtype = groups.front().q.scalar_type();
+  const bool takes = std::all_of(groups.begin(), groups.end(), [&](const auto& group) {
+    return group.q.scalar_type() == dtype && group.q.size(3) == groups.front().q.size(3) &&
+           group.out.scalar_type() == dtype && group.out.stride(3) == 1 &&
+           group.lse.scalar_type() == at::kFloat &&
+           fused_forward_takes(group.q, group.k, group.options);
+  });
+  if (!takes) return false;
+  run_into(groups, out_scale);
+  return true;
 }
 
 }  // namespace dilated_attention

@@ -10,29 +10,41 @@
 #include <ATen/core/Tensor.h>
 
 #include <tuple>
+#include <vector>
 
 #include "kernels/block_options.h"
+#include "kernels/device_kernels.h"
 
 namespace dilated_attention {
 
-// Whether the fused forward takes this call: a dtype and head dim it computes, on a CPU where it
-// was measured faster than ATen's kernel (flash_attention_cpu.cpp says where); with dropout too
-// (the mask of kernels/index/dropout_mask.h, drawn per key block; backward is the dropout
-// kernel's, which draws the same mask). DILATED_ATTENTION_CPU_ATTENTION=aten never takes it
-// (ATen's kernel, or our dropout kernel), =fused takes it wherever it can run (so the tests
-// compare both paths on one machine).
+enum class FusedPass { kForward, kBackward };
+
+// Whether the fused kernel takes this pass of a call: a dtype and head dim it computes, on a CPU
+// where it was measured faster than ATen's kernel (flash_attention_cpu.cpp says where); with
+// dropout too (the mask of kernels/index/dropout_mask.h, drawn per key block, the same mask the
+// dropout kernel draws). DILATED_ATTENTION_CPU_ATTENTION=aten never takes it (ATen's kernel, or
+// our dropout kernel), =fused takes it wherever it can run, =fused-backward for the backward
+// only (so the tests compare every pairing on one machine).
+bool fused_kernel_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options,
+                        FusedPass pass);
 bool fused_forward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options);
 
 // The DeviceKernels::Forward contract (kernels/device_kernels.h): q [B', h, Lq, D],
 // k and v [B', h_kv, Lk, D] with any strides; (output [B', h, Lq, D] in q's dtype, log-sum-exp
 // [B', h, Lq] float32). Exact NaN rules: a row with a visible NaN or +inf score, or whose visible
-// scores are all -inf, is NaN (output and log-sum-exp); padded keys' values are never read.
+// scores are all -inf, is NaN (output and log-sum-exp), but a row that sees no key (all padding)
+// is 0 with log-sum-exp -inf; padded keys' values are never read.
 std::tuple<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& q, const at::Tensor& k,
                                                            const at::Tensor& v,
                                                            const BlockOptions& options);
 
-// The fused backward (flash_attention_backward_cpu.cpp): taken where the fused forward is and
-// the call has at least one (view batch, key head) per thread; any forward's out and lse.
+// DeviceKernels::ForwardGroupsInto: all groups in one parallel region, written into place;
+// false where fused_forward_takes refuses a group (or the groups differ in dtype or head dim).
+bool fused_forward_groups_into(const std::vector<GroupForwardInto>& groups, double out_scale);
+
+// The fused backward (flash_attention_backward_cpu.cpp): taken where fused_kernel_takes the
+// backward and the call has at least one (view batch, key head) per thread; any forward's out
+// and lse (ours, ATen's or the dropout kernel's).
 bool fused_backward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options);
 
 // The DeviceKernels::Backward contract: (dQ, dK, dV) in the inputs' dtype and shapes,

@@ -32,11 +32,12 @@ struct FlashRowKernels {
   void (*online_block)(float* scores, int64_t n, int64_t visible, float scale, const float* padded,
                        const float* keep, OnlineSoftmaxRow& row, W* weights, int64_t weights_len,
                        float* acc_row, int64_t head_dim) = nullptr;
-  // out[d] = acc_row[d] / row.sum in the output dtype, and the row's log-sum-exp, NaN rows NaN.
-  // A row that saw no finite score (row.max -inf) is NaN too: softmax over nothing, or over
-  // scores that are all -inf; the caller zeroes rows that see no key at all.
+  // out[d] = acc_row[d] * (out_scale / row.sum) in the output dtype (out_scale: the 1/G of a
+  // group written into place, one rounding), and the row's log-sum-exp, NaN rows NaN. A row that
+  // saw no finite score (row.max -inf) is NaN too: softmax over nothing, or over scores that are
+  // all -inf; the caller zeroes rows that see no key at all.
   float (*finish_row)(const float* acc_row, int64_t head_dim, const OnlineSoftmaxRow& row,
-                      W* out) = nullptr;
+                      float out_scale, W* out) = nullptr;
   // Backward, one query row against a block of n keys (visible and padded as above): from the
   // raw scores q.k, the row's forward log-sum-exp and delta = rowsum(dO * O), and dP = dO . v
   // of each key, writes the weights the output used, P * keep (P = exp(scale * q.k - lse)), and

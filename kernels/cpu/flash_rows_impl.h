@@ -176,13 +176,14 @@ void online_block(float* scores, int64_t n, int64_t visible, float scale, const 
 }
 
 template <typename W>
-float finish_row(const float* acc_row, int64_t head_dim, const OnlineSoftmaxRow& row, W* out) {
+float finish_row(const float* acc_row, int64_t head_dim, const OnlineSoftmaxRow& row,
+                 float out_scale, W* out) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   if (!(row.max > -std::numeric_limits<float>::infinity())) {  // NaN or -inf
     std::fill(out, out + head_dim, W(nan));
     return nan;
   }
-  store_scaled(acc_row, 1.0f / row.sum, head_dim, out);
+  store_scaled(acc_row, out_scale / row.sum, head_dim, out);
   return row.max + std::log(row.sum);
 }
 

@@ -1,10 +1,12 @@
 """Our fused CPU attention forward and backward (kernels/cpu/flash_attention_cpu.h) against the
 float64 reference, in every build of its row loops, and the whole suites with them forced.
 
-Which forward a process uses is picked once: this process takes the measured choice (the fused
-kernel for bfloat16 where the CPU has AVX512-BF16 without AMX, ATen's elsewhere), so the checks
+Which kernels a process uses is picked once: this process takes the measured choice (the fused
+kernel on AVX-512 CPUs, for bfloat16 where they have AVX512-BF16, but the bfloat16 forward on AMX
+CPUs; ATen's elsewhere: flash_attention_cpu.cpp), so the checks
 here run in subprocesses with DILATED_ATTENTION_CPU_ATTENTION=fused (the kernel wherever it can
-run: float32 everywhere, bfloat16 where oneDNN's bf16 microkernel runs) or =aten."""
+run: float32 everywhere, bfloat16 where oneDNN's bf16 microkernel runs), =fused-backward (ATen's
+forward with our backward) or =aten."""
 
 import functools
 import os
@@ -98,20 +100,32 @@ def results_in_subprocess(function, out_file, **env):
     return torch.load(out_file)
 
 
-@pytest.mark.parametrize("capability", ["avx512", "avx2", "default"])
-def test_fused_forward_matches_the_reference(capability, tmp_path):
-    outputs = results_in_subprocess("op_outputs", tmp_path / "outputs.pt",
-                                    DILATED_ATTENTION_CPU_ATTENTION="fused",
-                                    DILATED_ATTENTION_CPU_CAPABILITY=capability)
+def assert_match_the_reference(outputs, label):
     for (dtype, pattern, causal, padding, *_), ours, theirs in zip(cases(), outputs,
                                                                   reference_outputs()):
         for name, a, b in zip(("out", "dq", "dk", "dv"), ours, theirs):
-            case = (capability, dtype, pattern, causal, padding, name)
+            case = (label, dtype, pattern, causal, padding, name)
             assert torch.equal(a.isnan(), b.isnan()), case
             # Relative to the largest value: gradients of hundreds of summed terms.
             err = (a.double() - b).nan_to_num(0.0).abs().max().item()
             assert err <= TOLERANCE[dtype] * max(1.0, b.nan_to_num(0.0).abs().max().item()), (
                 case, err)
+
+
+@pytest.mark.parametrize("capability", ["avx512", "avx2", "default"])
+def test_fused_forward_matches_the_reference(capability, tmp_path):
+    outputs = results_in_subprocess("op_outputs", tmp_path / "outputs.pt",
+                                    DILATED_ATTENTION_CPU_ATTENTION="fused",
+                                    DILATED_ATTENTION_CPU_CAPABILITY=capability)
+    assert_match_the_reference(outputs, capability)
+
+
+def test_aten_forward_with_fused_backward_matches_the_reference(tmp_path):
+    """The pairing the measured choice makes for bfloat16 on AMX CPUs: ATen's forward (its
+    output and log-sum-exp) feeding our backward."""
+    outputs = results_in_subprocess("op_outputs", tmp_path / "outputs.pt",
+                                    DILATED_ATTENTION_CPU_ATTENTION="fused-backward")
+    assert_match_the_reference(outputs, "fused-backward")
 
 
 def switch_probe():
@@ -156,11 +170,13 @@ def test_fused_dropout_draws_the_dropout_kernels_mask(tmp_path):
     tolerance. The reference here is the dropout kernel, forward and backward (=aten)."""
     results = {choice: results_in_subprocess("dropout_results", tmp_path / f"{choice}.pt",
                                              DILATED_ATTENTION_CPU_ATTENTION=choice)
-               for choice in ("aten", "fused")}
-    for i, (ours, theirs) in enumerate(zip(results["fused"], results["aten"])):
-        tol = 2e-5 if i < 4 else 3e-2  # float32 cases first; bf16 weights round to bf16
-        for name, a, b in zip(("out", "dq", "dk", "dv"), ours, theirs):
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=f"case {i} {name}")
+               for choice in ("aten", "fused", "fused-backward")}
+    for choice in ("fused", "fused-backward"):
+        for i, (ours, theirs) in enumerate(zip(results[choice], results["aten"])):
+            tol = 2e-5 if i < 4 else 3e-2  # float32 cases first; bf16 weights round to bf16
+            for name, a, b in zip(("out", "dq", "dk", "dv"), ours, theirs):
+                torch.testing.assert_close(a, b, rtol=tol, atol=tol,
+                                           msg=f"{choice} case {i} {name}")
 
 
 # The suites whose forward runs through the CPU's kernel table (test_cpu_capabilities compares
