@@ -290,8 +290,8 @@ bool takes_non_finite_handling(const at::Tensor& q, const BlockOptions& options,
   return options.is_causal || keys < kShortKeyBlock || is_zero_scale(q, options);
 }
 
-bool forward_is_the_kernel_alone(const at::Tensor& q, const at::Tensor& k,
-                                 const BlockOptions& options) {
+bool block_attention_is_the_kernel_alone(const at::Tensor& q, const at::Tensor& k,
+                                         const BlockOptions& options) {
   if (is_zero_scale(q, options) || is_negative_scale(options)) return false;
   // attend_with_checks marks nothing where the caller checked its inputs finite or the block is
   // neither causal (cut into pieces) nor short (judged).

@@ -25,10 +25,11 @@ enum class KeyCoverage { kWholeRow, kPieceOfRow };
 // the host (BlockOptions::may_hold_non_finite).
 bool takes_non_finite_handling(const at::Tensor& q, const BlockOptions& options, int64_t keys);
 
-// Whether block_attention_forward(q, k, v, options) is the device's Forward alone, with rows that
-// see no key zeroed: no causal pieces, no marked rows, no zero or negative scale to rewrite.
-bool forward_is_the_kernel_alone(const at::Tensor& q, const at::Tensor& k,
-                                 const BlockOptions& options);
+// Whether block_attention_forward (and _backward) of these views is the device's Forward
+// (Backward) alone, with rows that see no key zeroed (given no gradient): no causal pieces, no
+// marked rows, no zero or negative scale to rewrite.
+bool block_attention_is_the_kernel_alone(const at::Tensor& q, const at::Tensor& k,
+                                         const BlockOptions& options);
 
 // Rows [B', Lq] that see no key at all: every key they may see (all, or 0..i in a causal block)
 // is padding. Undefined without a key_padding_mask.

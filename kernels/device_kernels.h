@@ -32,6 +32,15 @@ struct GroupForwardInto {
   at::Tensor lse;  // [B', h, Lq] view of the result's log-sum-exp, accumulation dtype
 };
 
+// One head group's share of DeviceKernels::BackwardGroupsInto: its views and options, as
+// Backward takes them but `out`, the result's view (out_scale times the group's output), and
+// the views of the gradients its rows are written to (unit stride along D).
+struct GroupBackwardInto {
+  at::Tensor grad_out, q, k, v, out, lse;
+  BlockOptions options;
+  at::Tensor grad_q, grad_k, grad_v;
+};
+
 struct DeviceKernels {
   // One batched attention call over [B', h, Lq, D] query and [B', h_kv, Lk, D] key/value views,
   // h_kv dividing h (query head i reads key/value head i / (h / h_kv), read in place, never
@@ -55,10 +64,17 @@ struct DeviceKernels {
   // Optional: every group's forward in one call, each group's output times out_scale written
   // into its view of the result (no per-group result, no copy) and its log-sum-exp into its
   // view; rows that see no key give 0 with log-sum-exp -inf. Only called where Forward alone is
-  // block_attention_forward (kernels/block_attention.h: forward_is_the_kernel_alone). Returns
-  // false, having written nothing, where it does not take the call: the caller then runs the
-  // groups one by one.
+  // block_attention_forward (kernels/block_attention.h: block_attention_is_the_kernel_alone).
+  // Returns false, having written nothing, where it does not take the call: the caller then runs
+  // the groups one by one.
   using ForwardGroupsInto = bool (*)(const std::vector<GroupForwardInto>& groups, double out_scale);
+  // Optional: every group's backward in one call, out_scale times each gradient written into
+  // the group's views (grad_k and grad_v added to where accumulate_key_values: groups may share
+  // a key head); rows that saw no key get no gradient. Only called where Backward alone is
+  // block_attention_backward (block_attention_is_the_kernel_alone). Returns false, having
+  // written nothing, where it does not take the call.
+  using BackwardGroupsInto = bool (*)(const std::vector<GroupBackwardInto>& groups,
+                                      double out_scale, bool accumulate_key_values);
   // Raises ValueError naming what these kernels cannot take (called during validation).
   using CheckSupported = void (*)(const KernelRequest& request);
 
@@ -72,6 +88,7 @@ struct DeviceKernels {
   // the CPU, a device sync on CUDA, where it is off until a sync-free check exists.
   bool checks_non_finite_on_host = false;
   ForwardGroupsInto forward_groups_into = nullptr;
+  BackwardGroupsInto backward_groups_into = nullptr;
 };
 
 // The kernels of `device`; ValueError when this build has none for it.

@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(
   }
   const auto& kernels = kernels_for(q.device().type());
   const bool kernel_alone = std::all_of(calls.begin(), calls.end(), [](const auto& call) {
-    return forward_is_the_kernel_alone(call.q, call.k, call.options);
+    return block_attention_is_the_kernel_alone(call.q, call.k, call.options);
   });
   if (kernel_alone && kernels.forward_groups_into != nullptr &&
       kernels.forward_groups_into(calls, config.output_scale)) {
@@ -132,26 +132,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
 
   // Each group's attention is differentiated as if its loss were <grad_out, O_g> with the
   // unscaled group output O_g = out / output_scale: every gradient then carries a factor
-  // 1 / output_scale, removed when it is written back. grad_out stays a zero-copy view.
+  // 1 / output_scale, removed when it is written back (a device that writes every group into
+  // place takes out itself and does both: DeviceKernels::BackwardGroupsInto). grad_out stays a
+  // zero-copy view.
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
   const auto contiguous_lse = lse.contiguous();
   const bool may_hold = inputs_may_hold_non_finite(config, q, {&grad_out, &q, &k, &v, &out});
+  std::vector<GroupBackwardInto> calls;
   for (const auto& group : config.groups) {
     auto options = group_block_options(config, group, q.size(1), mask);
     options.may_hold_non_finite = may_hold;
     options.key_padding = group_positions_view(padding, group);
     const auto kv_group = key_value_group(group, config.heads_per_key_value);
-    auto [gq, gk, gv] = block_attention_backward(group_view(grad_out, group), group_view(q, group),
-                                                 group_view(k, kv_group), group_view(v, kv_group),
-                                                 group_view(out, group).div(config.output_scale),
-                                                 group_rows_view(contiguous_lse, group), options);
-    group_view(grad_q, group).copy_(gq.mul_(config.output_scale));
-    if (shares_key_values) {
-      group_view(grad_k, kv_group).add_(gk.mul_(config.output_scale));
-      group_view(grad_v, kv_group).add_(gv.mul_(config.output_scale));
-    } else {
-      group_view(grad_k, kv_group).copy_(gk.mul_(config.output_scale));
-      group_view(grad_v, kv_group).copy_(gv.mul_(config.output_scale));
+    calls.push_back({group_view(grad_out, group), group_view(q, group), group_view(k, kv_group),
+                     group_view(v, kv_group), group_view(out, group),
+                     group_rows_view(contiguous_lse, group), std::move(options),
+                     group_view(grad_q, group), group_view(grad_k, kv_group),
+                     group_view(grad_v, kv_group)});
+  }
+  const auto& kernels = kernels_for(q.device().type());
+  const bool kernel_alone = std::all_of(calls.begin(), calls.end(), [](const auto& call) {
+    return block_attention_is_the_kernel_alone(call.q, call.k, call.options);
+  });
+  if (!(kernel_alone && kernels.backward_groups_into != nullptr &&
+        kernels.backward_groups_into(calls, config.output_scale, shares_key_values))) {
+    for (const auto& call : calls) {
+      auto [gq, gk, gv] =
+          block_attention_backward(call.grad_out, call.q, call.k, call.v,
+                                   call.out.div(config.output_scale), call.lse, call.options);
+      call.grad_q.copy_(gq.mul_(config.output_scale));
+      if (shares_key_values) {
+        call.grad_k.add_(gk.mul_(config.output_scale));
+        call.grad_v.add_(gv.mul_(config.output_scale));
+      } else {
+        call.grad_k.copy_(gk.mul_(config.output_scale));
+        call.grad_v.copy_(gv.mul_(config.output_scale));
+      }
     }
   }
   zero_padded_rows_(grad_k, padding);

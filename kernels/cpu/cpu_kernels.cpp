@@ -55,8 +55,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_backward(
 void cpu_supports_everything(const KernelRequest&) {}
 
 const DeviceKernelsRegistration cpu_registration(
-    c10::DeviceType::CPU, {&cpu_forward, &cpu_backward, &lse_merge_aten_, &cpu_supports_everything,
-                           /*checks_non_finite_on_host=*/true, &fused_forward_groups_into});
+    c10::DeviceType::CPU,
+    {&cpu_forward, &cpu_backward, &lse_merge_aten_, &cpu_supports_everything,
+     /*checks_non_finite_on_host=*/true, &fused_forward_groups_into, &fused_backward_groups_into});
 
 }  // namespace
 }  // namespace dilated_attention

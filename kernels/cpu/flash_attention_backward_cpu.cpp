@@ -10,6 +10,7 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "kernels/cpu/flash_attention_cpu.h"
@@ -29,7 +30,7 @@ struct BackwardScratch {
   std::vector<bool> fully_padded;  // per key block
   std::vector<float> grad_keys, grad_values;
   std::vector<T> query_rows, grad_out_rows;
-  std::vector<float> scores, grad_weights, grad_query, delta, keep;
+  std::vector<float> scores, grad_weights, grad_query, delta, lse, keep;
   std::vector<T> weights, grad_scores, weights_t, grad_scores_t;
 
   explicit BackwardScratch(int64_t head_dim)
@@ -39,6 +40,7 @@ struct BackwardScratch {
         grad_weights(kQueryBlock * kKeyBlock),
         grad_query(static_cast<size_t>(kQueryBlock * head_dim)),
         delta(kQueryBlock),
+        lse(kQueryBlock),
         keep(kKeyBlock),
         weights(kQueryBlock * kKeyBlock),
         grad_scores(kQueryBlock * kKeyBlock),
@@ -46,29 +48,70 @@ struct BackwardScratch {
         grad_scores_t(kKeyBlock * kQueryBlock) {}
 };
 
-struct BackwardViews {
-  int64_t heads, key_heads, query_len, key_len, head_dim;
+// Rows of a [B', h, L, D] result with unit stride along D.
+template <typename T>
+struct ResultRows {
+  T* data;
+  int64_t s0, s1, s2;
+  explicit ResultRows(const at::Tensor& x)
+      : data(x.data_ptr<T>()), s0(x.stride(0)), s1(x.stride(1)), s2(x.stride(2)) {}
+  T* at(int64_t b, int64_t h, int64_t i) const { return data + b * s0 + h * s1 + i * s2; }
 };
 
+// One call of a multi-group backward: its operands through their strides and where its
+// gradients go, each written as out_scale times the gradient (added to what is there with
+// `accumulate`); `out` is out_scale times this call's attention output (delta divides it out).
 template <typename T>
-void store_rows(const float* src, int64_t rows, int64_t head_dim, T* dst, int64_t dst_row_stride) {
+struct BackwardCall {
+  int64_t batch, heads, key_heads, query_len, key_len, head_dim;
+  Strided4d<T> queries, keys, values, grad_outs, outs;
+  const float* lse;
+  int64_t lse_s0, lse_s1, lse_s2;
+  const float* padding_flags;  // [B', Lk], 1.0 at padded keys, or null
+  const BlockOptions* options;
+  ResultRows<T> grad_q, grad_k, grad_v;
+  float out_scale;
+  bool accumulate;
+
+  int64_t units() const { return batch * key_heads; }
+  float row_lse(int64_t b, int64_t h, int64_t i) const {
+    return lse[b * lse_s0 + h * lse_s1 + i * lse_s2];
+  }
+};
+
+// rows x D floats, times `factor`, into rows of `dst` (dst_row_stride apart): stored, or added
+// to what dst holds.
+template <typename T>
+void store_rows(const float* src, int64_t rows, int64_t head_dim, float factor, bool accumulate,
+                T* dst, int64_t dst_row_stride) {
   for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t d = 0; d < head_dim; ++d) dst[i * dst_row_stride + d] = T(src[i * head_dim + d]);
+    T* row = dst + i * dst_row_stride;
+    const float* from = src + i * head_dim;
+    if (accumulate) {
+      for (int64_t d = 0; d < head_dim; ++d) {
+        row[d] = T(static_cast<float>(row[d]) + from[d] * factor);
+      }
+    } else {
+      for (int64_t d = 0; d < head_dim; ++d) row[d] = T(from[d] * factor);
+    }
   }
 }
 
 // Gradients of query block [first, first + rows) of head h; adds its key gradients to the
 // task's accumulators.
 template <typename T>
-void backward_query_block(const BackwardViews& shape, const Strided4d<T>& q,
-                          const Strided4d<T>& grad_out, const Strided4d<T>& out, const float* lse,
-                          int64_t b, int64_t h, int64_t first, int64_t rows, const float* padded,
-                          const BlockOptions& options, const SliceDropout& dropout,
-                          BackwardScratch<T>& s, T* grad_q) {
+void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int64_t first,
+                          int64_t rows, const float* padded, const SliceDropout& dropout,
+                          BackwardScratch<T>& s) {
   const auto& kernels = flash_row_kernels<T>();
-  const int64_t D = shape.head_dim, key_len = shape.key_len;
+  const auto& q = call.queries;
+  const auto& grad_out = call.grad_outs;
+  const auto& out = call.outs;
+  const BlockOptions& options = *call.options;
+  const int64_t D = call.head_dim, key_len = call.key_len;
   const int64_t rows_packed = kVnni<T> ? (rows + 1) / 2 * 2 : rows;
   const float scale = static_cast<float>(options.scale);
+  const float infinity = std::numeric_limits<float>::infinity();
   pack_rows(q, b, h, first, rows, D, nullptr, s.query_rows.data());
   pack_rows(grad_out, b, h, first, rows, D, nullptr, s.grad_out_rows.data());
   for (int64_t i = 0; i < rows; ++i) {
@@ -78,7 +121,11 @@ void backward_query_block(const BackwardViews& shape, const Strided4d<T>& q,
     for (int64_t d = 0; d < D; ++d) {
       dot += static_cast<float>(o[d * out.s3]) * static_cast<float>(g[d * grad_out.s3]);
     }
-    s.delta[i] = dot;
+    s.delta[i] = dot / call.out_scale;
+    // A row that saw no key (log-sum-exp -inf, with padding) has no gradient: +inf makes every
+    // weight of it exp(s - inf) = 0 exactly (DeviceKernels::Backward).
+    const float lse = call.row_lse(b, h, first + i);
+    s.lse[i] = padded != nullptr && lse == -infinity ? infinity : lse;
   }
   std::fill(s.grad_query.begin(), s.grad_query.begin() + rows * D, 0.0f);
   const int64_t seen_keys = options.is_causal ? std::min(key_len, first + rows) : key_len;
@@ -104,7 +151,7 @@ void backward_query_block(const BackwardViews& shape, const Strided4d<T>& q,
       }
       kernels.backward_row(s.scores.data() + i * kKeyBlock, s.grad_weights.data() + i * kKeyBlock,
                            n, visible, scale, padded == nullptr ? nullptr : padded + key_first,
-                           keep, lse[first + i], s.delta[i], s.weights.data() + i * kKeyBlock,
+                           keep, s.lse[i], s.delta[i], s.weights.data() + i * kKeyBlock,
                            s.grad_scores.data() + i * kKeyBlock, n_packed);
     }
     if (rows_packed > rows) {  // the zero query row that evens the VNNI pairs
@@ -121,47 +168,133 @@ void backward_query_block(const BackwardViews& shape, const Strided4d<T>& q,
     at::native::cpublas::brgemm(rows, D, n_packed, kKeyBlock, D, D, true, s.grad_scores.data(),
                                 s.key_rows.data() + offset, s.grad_query.data(), kVnni<T>);
   }
-  store_rows(s.grad_query.data(), rows, D, grad_q + first * D, D);
+  for (int64_t i = 0; i < rows; ++i) {  // a row without keys: 0 even where its query is NaN
+    if (s.lse[i] == infinity) std::fill_n(s.grad_query.data() + i * D, D, 0.0f);
+  }
+  store_rows(s.grad_query.data(), rows, D, call.out_scale, /*accumulate=*/false,
+             call.grad_q.at(b, h, first), call.grad_q.s2);
 }
 
+// The calls' units (view batch, key head) in one parallel region, each owning the gradients
+// of its key head's keys and values: their units never write the same rows.
 template <typename T>
-void fused_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                    const at::Tensor& padding_flags, const BlockOptions& options,
-                    at::Tensor& grad_q, at::Tensor& grad_k, at::Tensor& grad_v) {
-  const BackwardViews shape{q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
-  const int64_t share = shape.heads / shape.key_heads, batch = q.size(0);
-  const Strided4d<T> queries(q), keys(k), values(v), grad_outs(grad_out), outs(out);
-  const float* flags = padding_flags.defined() ? padding_flags.const_data_ptr<float>() : nullptr;
-  const float* lse_data = lse.const_data_ptr<float>();
-  const int64_t D = shape.head_dim;
-  parallel_over_items(batch * shape.key_heads, [&](const auto& take) {
-    BackwardScratch<T> s(D);
-    for (int64_t unit = take(); unit >= 0; unit = take()) {
-      const int64_t b = unit / shape.key_heads, key_head = unit % shape.key_heads;
-      const float* padded = flags == nullptr ? nullptr : flags + b * shape.key_len;
-      pack_key_blocks<T>(keys, b, key_head, shape.key_len, D, padded, &s.keys_t, &s.key_rows);
-      pack_key_blocks<T>(values, b, key_head, shape.key_len, D, nullptr, &s.values_t, nullptr);
-      s.fully_padded = fully_padded_key_blocks(padded, shape.key_len);
+void fused_backward(const std::vector<BackwardCall<T>>& calls) {
+  std::vector<int64_t> first_unit{0};  // calls[c]'s units are [first_unit[c], first_unit[c + 1])
+  for (const auto& call : calls) first_unit.push_back(first_unit.back() + call.units());
+  parallel_over_items(first_unit.back(), [&](const auto& take) {
+    BackwardScratch<T> s(calls.front().head_dim);
+    for (int64_t item = take(); item >= 0; item = take()) {
+      const auto c = static_cast<size_t>(
+          std::upper_bound(first_unit.begin(), first_unit.end(), item) - first_unit.begin() - 1);
+      const auto& call = calls[c];
+      const int64_t unit = item - first_unit[c], D = call.head_dim;
+      const int64_t b = unit / call.key_heads, key_head = unit % call.key_heads;
+      const int64_t share = call.heads / call.key_heads;
+      const float* padded =
+          call.padding_flags == nullptr ? nullptr : call.padding_flags + b * call.key_len;
+      pack_key_blocks<T>(call.keys, b, key_head, call.key_len, D, padded, &s.keys_t, &s.key_rows);
+      pack_key_blocks<T>(call.values, b, key_head, call.key_len, D, nullptr, &s.values_t, nullptr);
+      s.fully_padded = fully_padded_key_blocks(padded, call.key_len);
       s.grad_keys.assign(static_cast<size_t>(s.keys_t.size()), 0.0f);
       s.grad_values.assign(static_cast<size_t>(s.keys_t.size()), 0.0f);
       for (int64_t h = key_head * share; h < (key_head + 1) * share; ++h) {
-        const SliceDropout dropout{options.uses_dropout() ? options.dropout : nullptr,
-                                   slice_coordinates(options.where, b, h)};
-        const float* row_lse = lse_data + (b * shape.heads + h) * shape.query_len;
-        T* dq = grad_q.data_ptr<T>() + (b * shape.heads + h) * shape.query_len * D;
-        for (int64_t first = 0; first < shape.query_len; first += kQueryBlock) {
-          backward_query_block(shape, queries, grad_outs, outs, row_lse, b, h, first,
-                               std::min(kQueryBlock, shape.query_len - first), padded, options,
-                               dropout, s, dq);
+        const SliceDropout dropout{call.options->uses_dropout() ? call.options->dropout : nullptr,
+                                   slice_coordinates(call.options->where, b, h)};
+        for (int64_t first = 0; first < call.query_len; first += kQueryBlock) {
+          backward_query_block(call, b, h, first, std::min(kQueryBlock, call.query_len - first),
+                               padded, dropout, s);
         }
       }
-      const int64_t key_offset = (b * shape.key_heads + key_head) * shape.key_len * D;
-      store_rows(s.grad_keys.data(), shape.key_len, D, grad_k.data_ptr<T>() + key_offset, D);
-      store_rows(s.grad_values.data(), shape.key_len, D, grad_v.data_ptr<T>() + key_offset, D);
+      store_rows(s.grad_keys.data(), call.key_len, D, call.out_scale, call.accumulate,
+                 call.grad_k.at(b, key_head, 0), call.grad_k.s2);
+      store_rows(s.grad_values.data(), call.key_len, D, call.out_scale, call.accumulate,
+                 call.grad_v.at(b, key_head, 0), call.grad_v.s2);
     }
     at::native::cpublas::brgemm_release(kVnni<T>);
   });
+}
+
+// The tensors a call reads, kept alive while the run lasts.
+struct BackwardInputs {
+  at::Tensor queries, grad_out, lse, padding_flags;
+};
+
+BackwardInputs backward_inputs(const GroupBackwardInto& group) {
+  return {with_readable_rows(group.q), with_readable_rows(group.grad_out), group.lse.to(at::kFloat),
+          group.options.key_padding.defined()
+              ? group.options.key_padding.to(at::kFloat).contiguous()
+              : at::Tensor()};
+}
+
+template <typename T>
+BackwardCall<T> backward_call(const GroupBackwardInto& group, const BackwardInputs& inputs,
+                              float out_scale, bool accumulate) {
+  const at::Tensor& q = inputs.queries;
+  return {q.size(0),
+          q.size(1),
+          group.k.size(1),
+          q.size(2),
+          group.k.size(2),
+          q.size(3),
+          Strided4d<T>(q),
+          Strided4d<T>(group.k),
+          Strided4d<T>(group.v),
+          Strided4d<T>(inputs.grad_out),
+          Strided4d<T>(group.out),
+          inputs.lse.const_data_ptr<float>(),
+          inputs.lse.stride(0),
+          inputs.lse.stride(1),
+          inputs.lse.stride(2),
+          inputs.padding_flags.defined() ? inputs.padding_flags.const_data_ptr<float>() : nullptr,
+          &group.options,
+          ResultRows<T>(group.grad_q),
+          ResultRows<T>(group.grad_k),
+          ResultRows<T>(group.grad_v),
+          out_scale,
+          accumulate};
+}
+
+// Groups with no query row or no key have nothing to add (their key gradients are 0 where
+// written rather than added to).
+template <typename T>
+void run_backward_into(const std::vector<GroupBackwardInto>& groups, double out_scale,
+                       bool accumulate) {
+  std::vector<const GroupBackwardInto*> with_work;
+  for (const auto& group : groups) {
+    if (group.q.numel() > 0 && group.k.numel() > 0) {
+      with_work.push_back(&group);
+      continue;
+    }
+    group.grad_q.zero_();
+    if (!accumulate) {
+      group.grad_k.zero_();
+      group.grad_v.zero_();
+    }
+  }
+  std::vector<BackwardInputs> inputs;
+  for (const auto* group : with_work) inputs.push_back(backward_inputs(*group));
+  std::vector<BackwardCall<T>> calls;
+  for (size_t i = 0; i < with_work.size(); ++i) {
+    calls.push_back(
+        backward_call<T>(*with_work[i], inputs[i], static_cast<float>(out_scale), accumulate));
+  }
+  if (calls.empty()) return;
+  if (!accumulate) {
+    fused_backward(calls);
+    return;
+  }
+  // Groups may share a key head (grouped-query K/V): one region per group, so no two threads
+  // add to the same rows.
+  for (const auto& call : calls) fused_backward(std::vector<BackwardCall<T>>{call});
+}
+
+void backward_into(const std::vector<GroupBackwardInto>& groups, double out_scale,
+                   bool accumulate) {
+  if (groups.front().q.scalar_type() == at::kBFloat16) {
+    run_backward_into<c10::BFloat16>(groups, out_scale, accumulate);
+  } else {
+    run_backward_into<float>(groups, out_scale, accumulate);
+  }
 }
 
 }  // namespace
@@ -179,21 +312,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_attention_backward(
   auto grad_q = at::empty(q.sizes(), q.options());
   auto grad_k = at::empty(k.sizes(), k.options());
   auto grad_v = at::empty(v.sizes(), v.options());
-  if (q.numel() == 0 || k.numel() == 0) {
-    return {grad_q.zero_(), grad_k.zero_(), grad_v.zero_()};
-  }
-  const auto query = with_readable_rows(q), gradient = with_readable_rows(grad_out);
-  const auto row_lse = lse.to(at::kFloat).contiguous();
-  const auto flags = options.key_padding.defined() ? options.key_padding.to(at::kFloat).contiguous()
-                                                   : at::Tensor();
-  if (q.scalar_type() == at::kBFloat16) {
-    fused_backward<c10::BFloat16>(gradient, query, k, v, out, row_lse, flags, options, grad_q,
-                                  grad_k, grad_v);
-  } else {
-    fused_backward<float>(gradient, query, k, v, out, row_lse, flags, options, grad_q, grad_k,
-                          grad_v);
-  }
+  backward_into({{grad_out, q, k, v, out, lse, options, grad_q, grad_k, grad_v}}, 1.0,
+                /*accumulate=*/false);
   return {grad_q, grad_k, grad_v};
+}
+
+bool fused_backward_groups_into(const std::vector<GroupBackwardInto>& groups, double out_scale,
+                                bool accumulate_key_values) {
+  if (groups.empty()) return true;
+  const auto dtype = groups.front().q.scalar_type();
+  const bool takes = std::all_of(groups.begin(), groups.end(), [&](const auto& group) {
+    const auto result_ok = [&](const at::Tensor& x) {
+      return x.scalar_type() == dtype && x.stride(3) == 1;
+    };
+    return group.q.scalar_type() == dtype && group.q.size(3) == groups.front().q.size(3) &&
+           result_ok(group.grad_q) && result_ok(group.grad_k) && result_ok(group.grad_v) &&
+           fused_backward_takes(group.q, group.k, group.options);
+  });
+  if (!takes) return false;
+  backward_into(groups, out_scale, accumulate_key_values);
+  return true;
 }
 
 }  // namespace dilated_attention

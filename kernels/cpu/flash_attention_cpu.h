@@ -53,6 +53,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options);
 
+// DeviceKernels::BackwardGroupsInto: where fused_backward_takes every group (of one dtype and
+// head dim), their units in one parallel region (one per group where key values accumulate).
+bool fused_backward_groups_into(const std::vector<GroupBackwardInto>& groups, double out_scale,
+                                bool accumulate_key_values);
+
 // The query-side operand of the products needs unit stride along D and rows at least D apart:
 // `x` itself when it has them, else a contiguous copy.
 at::Tensor with_readable_rows(const at::Tensor& x);

@@ -104,8 +104,10 @@ def test_scripted_stack_matches_eager(is_causal):
     x = randn((2, 32, E), torch.float32, 3)
     expected = run_with_grads(model, model, x, is_causal)
     got = run_with_grads(model, scripted, x, is_causal)
-    # The scripted graph may order float32 ops differently: a few ulps, not bits.
-    assert_same_run(got, expected, 1e-5, 1e-5, "torch.jit.script")
+    # The scripted graph's backward may order float32 sums differently: outputs come out equal,
+    # parameter gradients (sums over the batch of this stack) differ by up to 1.7e-5 with ATen's
+    # attention kernel or ours (measured on an Intel Xeon, 2026-12-07): a few ulps, not bits.
+    assert_same_run(got, expected, 3e-5, 1e-4, "torch.jit.script")
     assert "dilated_attention::dilated_attention" in scripted.block.attention.graph.str()
     assert "dilated_attention::ring_multihead_dilated_attention" in scripted.ring.graph.str()
     assert "dilated_attention::_distributed_dilated_attention" in \
