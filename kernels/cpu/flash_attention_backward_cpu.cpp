@@ -63,7 +63,7 @@ struct ResultRows {
 // `accumulate`); `out` is out_scale times this call's attention output (delta divides it out).
 template <typename T>
 struct BackwardCall {
-  int64_t batch, heads, key_heads, query_len, key_len, head_dim;
+  CallShape shape;
   Strided4d<T> queries, keys, values, grad_outs, outs;
   const float* lse;
   int64_t lse_s0, lse_s1, lse_s2;
@@ -73,7 +73,6 @@ struct BackwardCall {
   float out_scale;
   bool accumulate;
 
-  int64_t units() const { return batch * key_heads; }
   float row_lse(int64_t b, int64_t h, int64_t i) const {
     return lse[b * lse_s0 + h * lse_s1 + i * lse_s2];
   }
@@ -108,7 +107,7 @@ void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int
   const auto& grad_out = call.grad_outs;
   const auto& out = call.outs;
   const BlockOptions& options = *call.options;
-  const int64_t D = call.head_dim, key_len = call.key_len;
+  const int64_t D = call.shape.head_dim, key_len = call.shape.key_len;
   const int64_t rows_packed = kVnni<T> ? (rows + 1) / 2 * 2 : rows;
   const float scale = static_cast<float>(options.scale);
   const float infinity = std::numeric_limits<float>::infinity();
@@ -180,34 +179,37 @@ void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int
 template <typename T>
 void fused_backward(const std::vector<BackwardCall<T>>& calls) {
   std::vector<int64_t> first_unit{0};  // calls[c]'s units are [first_unit[c], first_unit[c + 1])
-  for (const auto& call : calls) first_unit.push_back(first_unit.back() + call.units());
+  for (const auto& call : calls) first_unit.push_back(first_unit.back() + call.shape.units());
   parallel_over_items(first_unit.back(), [&](const auto& take) {
-    BackwardScratch<T> s(calls.front().head_dim);
+    BackwardScratch<T> s(calls.front().shape.head_dim);
     for (int64_t item = take(); item >= 0; item = take()) {
       const auto c = static_cast<size_t>(
           std::upper_bound(first_unit.begin(), first_unit.end(), item) - first_unit.begin() - 1);
       const auto& call = calls[c];
-      const int64_t unit = item - first_unit[c], D = call.head_dim;
-      const int64_t b = unit / call.key_heads, key_head = unit % call.key_heads;
-      const int64_t share = call.heads / call.key_heads;
+      const int64_t unit = item - first_unit[c], D = call.shape.head_dim;
+      const int64_t b = unit / call.shape.key_heads, key_head = unit % call.shape.key_heads;
+      const int64_t share = call.shape.heads / call.shape.key_heads;
       const float* padded =
-          call.padding_flags == nullptr ? nullptr : call.padding_flags + b * call.key_len;
-      pack_key_blocks<T>(call.keys, b, key_head, call.key_len, D, padded, &s.keys_t, &s.key_rows);
-      pack_key_blocks<T>(call.values, b, key_head, call.key_len, D, nullptr, &s.values_t, nullptr);
-      s.fully_padded = fully_padded_key_blocks(padded, call.key_len);
+          call.padding_flags == nullptr ? nullptr : call.padding_flags + b * call.shape.key_len;
+      pack_key_blocks<T>(call.keys, b, key_head, call.shape.key_len, D, padded, &s.keys_t,
+                         &s.key_rows);
+      pack_key_blocks<T>(call.values, b, key_head, call.shape.key_len, D, nullptr, &s.values_t,
+                         nullptr);
+      s.fully_padded = fully_padded_key_blocks(padded, call.shape.key_len);
       s.grad_keys.assign(static_cast<size_t>(s.keys_t.size()), 0.0f);
       s.grad_values.assign(static_cast<size_t>(s.keys_t.size()), 0.0f);
       for (int64_t h = key_head * share; h < (key_head + 1) * share; ++h) {
         const SliceDropout dropout{call.options->uses_dropout() ? call.options->dropout : nullptr,
                                    slice_coordinates(call.options->where, b, h)};
-        for (int64_t first = 0; first < call.query_len; first += kQueryBlock) {
-          backward_query_block(call, b, h, first, std::min(kQueryBlock, call.query_len - first),
-                               padded, dropout, s);
+        for (int64_t first = 0; first < call.shape.query_len; first += kQueryBlock) {
+          backward_query_block(call, b, h, first,
+                               std::min(kQueryBlock, call.shape.query_len - first), padded, dropout,
+                               s);
         }
       }
-      store_rows(s.grad_keys.data(), call.key_len, D, call.out_scale, call.accumulate,
+      store_rows(s.grad_keys.data(), call.shape.key_len, D, call.out_scale, call.accumulate,
                  call.grad_k.at(b, key_head, 0), call.grad_k.s2);
-      store_rows(s.grad_values.data(), call.key_len, D, call.out_scale, call.accumulate,
+      store_rows(s.grad_values.data(), call.shape.key_len, D, call.out_scale, call.accumulate,
                  call.grad_v.at(b, key_head, 0), call.grad_v.s2);
     }
     at::native::cpublas::brgemm_release(kVnni<T>);
@@ -221,21 +223,14 @@ struct BackwardInputs {
 
 BackwardInputs backward_inputs(const GroupBackwardInto& group) {
   return {with_readable_rows(group.q), with_readable_rows(group.grad_out), group.lse.to(at::kFloat),
-          group.options.key_padding.defined()
-              ? group.options.key_padding.to(at::kFloat).contiguous()
-              : at::Tensor()};
+          padding_flags(group.options)};
 }
 
 template <typename T>
 BackwardCall<T> backward_call(const GroupBackwardInto& group, const BackwardInputs& inputs,
                               float out_scale, bool accumulate) {
   const at::Tensor& q = inputs.queries;
-  return {q.size(0),
-          q.size(1),
-          group.k.size(1),
-          q.size(2),
-          group.k.size(2),
-          q.size(3),
+  return {CallShape::of(q, group.k),
           Strided4d<T>(q),
           Strided4d<T>(group.k),
           Strided4d<T>(group.v),

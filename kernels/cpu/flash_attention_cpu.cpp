@@ -69,15 +69,14 @@ struct Destination {
 // block) tasks only when there are too few of them to keep every thread busy.
 template <typename T>
 struct ForwardCall {
-  int64_t batch, heads, key_heads, query_len, key_len, head_dim;
+  CallShape shape;
   Strided4d<T> queries, keys, values;
   Destination<T> to;
   const float* padding_flags;  // [B', Lk], 1.0 at padded keys, or null
   const BlockOptions* options;
   int64_t share, query_blocks, tasks_per_unit, chunks, tasks_per_chunk;
 
-  int64_t units() const { return batch * key_heads; }
-  int64_t items() const { return units() * chunks; }
+  int64_t items() const { return shape.units() * chunks; }
 };
 
 // Output rows of query block [first, first + rows) of (b, h): an online softmax over the key
@@ -89,7 +88,7 @@ void attend_query_block(const ForwardCall<T>& call, int64_t b, int64_t h,
                         const SliceDropout& dropout, int64_t first, int64_t rows,
                         QueryBlockScratch<T>& scratch) {
   const auto& kernels = flash_row_kernels<T>();
-  const int64_t D = call.head_dim, key_len = call.key_len;
+  const int64_t D = call.shape.head_dim, key_len = call.shape.key_len;
   const bool is_causal = call.options->is_causal;
   const float scale = static_cast<float>(call.options->scale);
   const T* query = call.queries.at(b, h, first);
@@ -142,7 +141,7 @@ void fused_forward(const std::vector<ForwardCall<T>>& calls) {
   for (const auto& call : calls) first_item.push_back(first_item.back() + call.items());
   parallel_over_items(first_item.back(), [&](const auto& take) {
     PackedKeysValues<T> packed;
-    QueryBlockScratch<T> scratch(calls.front().head_dim);
+    QueryBlockScratch<T> scratch(calls.front().shape.head_dim);
     int64_t packed_call = -1, packed_unit = -1;
     for (int64_t item = take(); item >= 0; item = take()) {
       const auto c = static_cast<int64_t>(
@@ -150,13 +149,14 @@ void fused_forward(const std::vector<ForwardCall<T>>& calls) {
       const auto& call = calls[static_cast<size_t>(c)];
       const int64_t local = item - first_item[static_cast<size_t>(c)];
       const int64_t unit = local / call.chunks, chunk = local % call.chunks;
-      const int64_t b = unit / call.key_heads, key_head = unit % call.key_heads;
+      const int64_t b = unit / call.shape.key_heads, key_head = unit % call.shape.key_heads;
       const float* padded =
-          call.padding_flags == nullptr ? nullptr : call.padding_flags + b * call.key_len;
+          call.padding_flags == nullptr ? nullptr : call.padding_flags + b * call.shape.key_len;
       const int64_t task_end = std::min(call.tasks_per_unit, (chunk + 1) * call.tasks_per_chunk);
       for (int64_t task = chunk * call.tasks_per_chunk; task < task_end; ++task) {
         if (c != packed_call || unit != packed_unit) {
-          packed.pack(call.keys, call.values, b, key_head, call.key_len, call.head_dim, padded);
+          packed.pack(call.keys, call.values, b, key_head, call.shape.key_len, call.shape.head_dim,
+                      padded);
           packed_call = c;
           packed_unit = unit;
         }
@@ -165,7 +165,7 @@ void fused_forward(const std::vector<ForwardCall<T>>& calls) {
         const SliceDropout dropout{call.options->uses_dropout() ? call.options->dropout : nullptr,
                                    slice_coordinates(call.options->where, b, h)};
         attend_query_block<T>(call, b, h, packed, padded, dropout, first,
-                              std::min(kQueryBlock, call.query_len - first), scratch);
+                              std::min(kQueryBlock, call.shape.query_len - first), scratch);
       }
     }
     at::native::cpublas::brgemm_release(kVnni<T>);
@@ -179,9 +179,7 @@ struct CallInputs {
 };
 
 CallInputs call_inputs(const at::Tensor& q, const BlockOptions& options) {
-  return {with_readable_rows(q), options.key_padding.defined()
-                                     ? options.key_padding.to(at::kFloat).contiguous()
-                                     : at::Tensor()};
+  return {with_readable_rows(q), padding_flags(options)};
 }
 
 // The calls of a run with their work split: chunks per unit from the units of all calls.
@@ -199,12 +197,7 @@ std::vector<ForwardCall<T>> planned_calls(const std::vector<GroupForwardInto>& g
         group.out.data_ptr<T>(), group.out.stride(0),         group.out.stride(1),
         group.out.stride(2),     group.lse.data_ptr<float>(), group.lse.stride(0),
         group.lse.stride(1),     group.lse.stride(2),         out_scale};
-    ForwardCall<T> call{q.size(0),
-                        q.size(1),
-                        group.k.size(1),
-                        q.size(2),
-                        group.k.size(2),
-                        q.size(3),
+    ForwardCall<T> call{CallShape::of(q, group.k),
                         Strided4d<T>(q),
                         Strided4d<T>(group.k),
                         Strided4d<T>(group.v),
@@ -274,18 +267,21 @@ bool bf16_microkernel_runs() {
 // - Intel Emerald Rapids (AMX, 2 vCPU): the same but the bf16 forward, where ATen's kernel, its
 //   products on the tiles too, took 0.13-0.15 s against this kernel's 0.15-0.19 s; our bf16
 //   backward took about 0.47 s against ATen's 0.68 s, our float32 forward 0.315 s against
-//   0.344 s (backward equal within the machine's noise).
+//   0.344 s (backward equal within the machine's noise). With dropout, which ATen's kernel
+//   lacks, the alternative is our dropout kernel: 0.418 s for the bf16 forward at p = 0.1.
 // Nothing was measured on AVX2-only CPUs: ATen's kernel stays there.
-bool measured_faster_here(at::ScalarType dtype, FusedPass pass) {
+bool measured_faster_here(at::ScalarType dtype, FusedPass pass, bool dropout) {
 #if defined(__GNUC__) && defined(__x86_64__)
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   if (dtype != at::kBFloat16) return avx512;
-  const bool amx_forward = pass == FusedPass::kForward && __builtin_cpu_supports("amx-bf16");
+  const bool amx_forward =
+      pass == FusedPass::kForward && !dropout && __builtin_cpu_supports("amx-bf16");
   return avx512 && __builtin_cpu_supports("avx512bf16") && !amx_forward;
 #else
   (void)dtype;
   (void)pass;
+  (void)dropout;
   return false;
 #endif
 }
@@ -307,7 +303,7 @@ Choice forced_choice() {
   return choice;
 }
 
-bool chosen(at::ScalarType dtype, FusedPass pass) {
+bool chosen(at::ScalarType dtype, FusedPass pass, bool dropout) {
   switch (forced_choice()) {
     case Choice::kAten:
       return false;
@@ -318,7 +314,7 @@ bool chosen(at::ScalarType dtype, FusedPass pass) {
     case Choice::kMeasured:
       break;
   }
-  return measured_faster_here(dtype, pass);
+  return measured_faster_here(dtype, pass, dropout);
 }
 
 }  // namespace
@@ -333,7 +329,7 @@ bool fused_kernel_takes(const at::Tensor& q, const at::Tensor& k, const BlockOpt
   const auto dtype = q.scalar_type();
   if (dtype == at::kBFloat16 && (q.size(3) % 2 != 0 || !bf16_microkernel_runs())) return false;
   if (dtype != at::kBFloat16 && dtype != at::kFloat) return false;
-  return chosen(dtype, pass);
+  return chosen(dtype, pass, options.uses_dropout());
 }
 
 bool fused_forward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options) {

@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/block_options.h"
 #include "kernels/cpu/flash_rows.h"
 #include "kernels/cpu/row_kernels.h"
 #include "kernels/cpu/slice_coordinates.h"
@@ -44,6 +45,21 @@ int64_t b_index(int64_t k, int64_t n, int64_t ld) {
   } else {
     return k * ld + n;
   }
+}
+
+// The sizes of one attention call: q [B', h, Lq, D], k and v [B', h_kv, Lk, D].
+struct CallShape {
+  int64_t batch, heads, key_heads, query_len, key_len, head_dim;
+  static CallShape of(const at::Tensor& q, const at::Tensor& k) {
+    return {q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
+  }
+  int64_t units() const { return batch * key_heads; }  // (view batch, key head) pairs
+};
+
+// A call's key padding as float flags [B', Lk], 1.0 at padded keys; undefined without one.
+inline at::Tensor padding_flags(const BlockOptions& options) {
+  return options.key_padding.defined() ? options.key_padding.to(at::kFloat).contiguous()
+                                       : at::Tensor();
 }
 
 // A strided 4-d tensor's element (i0, i1, i2, i3) from its data pointer and strides.
