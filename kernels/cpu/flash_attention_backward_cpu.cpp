@@ -3,7 +3,8 @@
 // the query heads that share them, no atomics). Per query block and key block it recomputes
 // the scores and dP = dO V^T, forms P and dS in one vectorised pass per row (flash_rows.h), and
 // runs the three gradient products: dV += (P * keep)^T dO, dK += dS^T Q, dQ += dS K, all five
-// products in oneDNN's brgemm microkernel (bf16 dot products into fp32 for bfloat16).
+// products in oneDNN's brgemm microkernel (bf16 dot products into fp32 for bfloat16; float16
+// widened to float32 as it is packed).
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 #include <ATen/ops/empty.h>
@@ -23,15 +24,15 @@ namespace {
 using namespace flash;
 
 // One task's buffers: its keys and values packed three ways, its key gradients, and one query
-// block's operands and products against one key block.
-template <typename T>
+// block's operands and products against one key block, in the products' dtype (P).
+template <typename T, typename P = ProductType<T>>
 struct BackwardScratch {
-  std::vector<T> keys_t, values_t, key_rows;
+  std::vector<P> keys_t, values_t, key_rows;
   std::vector<bool> fully_padded;  // per key block
   std::vector<float> grad_keys, grad_values;
-  std::vector<T> query_rows, grad_out_rows;
+  std::vector<P> query_rows, grad_out_rows;
   std::vector<float> scores, grad_weights, grad_query, delta, lse, keep;
-  std::vector<T> weights, grad_scores, weights_t, grad_scores_t;
+  std::vector<P> weights, grad_scores, weights_t, grad_scores_t;
 
   explicit BackwardScratch(int64_t head_dim)
       : query_rows(static_cast<size_t>(kQueryBlock * head_dim)),
@@ -83,6 +84,7 @@ struct BackwardCall {
 template <typename T>
 void store_rows(const float* src, int64_t rows, int64_t head_dim, float factor, bool accumulate,
                 T* dst, int64_t dst_row_stride) {
+  const auto& store_scaled = flash_row_kernels<T>().store_scaled;
   for (int64_t i = 0; i < rows; ++i) {
     T* row = dst + i * dst_row_stride;
     const float* from = src + i * head_dim;
@@ -91,7 +93,7 @@ void store_rows(const float* src, int64_t rows, int64_t head_dim, float factor, 
         row[d] = T(static_cast<float>(row[d]) + from[d] * factor);
       }
     } else {
-      for (int64_t d = 0; d < head_dim; ++d) row[d] = T(from[d] * factor);
+      store_scaled(from, factor, head_dim, row);
     }
   }
 }
@@ -102,17 +104,29 @@ template <typename T>
 void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int64_t first,
                           int64_t rows, const float* padded, const SliceDropout& dropout,
                           BackwardScratch<T>& s) {
-  const auto& kernels = flash_row_kernels<T>();
+  using P = ProductType<T>;
+  const auto& kernels = flash_row_kernels<P>();
   const auto& q = call.queries;
   const auto& grad_out = call.grad_outs;
   const auto& out = call.outs;
   const BlockOptions& options = *call.options;
   const int64_t D = call.shape.head_dim, key_len = call.shape.key_len;
-  const int64_t rows_packed = kVnni<T> ? (rows + 1) / 2 * 2 : rows;
+  const int64_t rows_packed = kVnni<P> ? (rows + 1) / 2 * 2 : rows;
   const float scale = static_cast<float>(options.scale);
   const float infinity = std::numeric_limits<float>::infinity();
-  pack_rows(q, b, h, first, rows, D, nullptr, s.query_rows.data());
-  pack_rows(grad_out, b, h, first, rows, D, nullptr, s.grad_out_rows.data());
+  pack_rows<T, P>(q, b, h, first, rows, D, nullptr, s.query_rows.data());
+  pack_rows<T, P>(grad_out, b, h, first, rows, D, nullptr, s.grad_out_rows.data());
+  // The score products' A operands: q and dO in place, or the widened rows just packed
+  // (row-major, as P is then float32).
+  const P* query_a = s.query_rows.data();
+  const P* grad_out_a = s.grad_out_rows.data();
+  int64_t query_ld = D, grad_out_ld = D;
+  if constexpr (std::is_same_v<T, P>) {
+    query_a = q.at(b, h, first);
+    grad_out_a = grad_out.at(b, h, first);
+    query_ld = q.s2;
+    grad_out_ld = grad_out.s2;
+  }
   for (int64_t i = 0; i < rows; ++i) {
     const T* o = out.at(b, h, first + i);
     const T* g = grad_out.at(b, h, first + i);
@@ -133,13 +147,12 @@ void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int
     // that sees a key (a row that sees none has no gradient), and its key gradients stay zero.
     if (s.fully_padded[static_cast<size_t>(key_first / kKeyBlock)]) continue;
     const int64_t n = std::min(kKeyBlock, key_len - key_first);
-    const int64_t n_packed = kVnni<T> ? (n + 1) / 2 * 2 : n;
+    const int64_t n_packed = kVnni<P> ? (n + 1) / 2 * 2 : n;
     const int64_t offset = key_first * D;
-    at::native::cpublas::brgemm(rows, n, D, q.s2, kKeyBlock, kKeyBlock, false, q.at(b, h, first),
-                                s.keys_t.data() + offset, s.scores.data(), kVnni<T>);
-    at::native::cpublas::brgemm(rows, n, D, grad_out.s2, kKeyBlock, kKeyBlock, false,
-                                grad_out.at(b, h, first), s.values_t.data() + offset,
-                                s.grad_weights.data(), kVnni<T>);
+    at::native::cpublas::brgemm(rows, n, D, query_ld, kKeyBlock, kKeyBlock, false, query_a,
+                                s.keys_t.data() + offset, s.scores.data(), kVnni<P>);
+    at::native::cpublas::brgemm(rows, n, D, grad_out_ld, kKeyBlock, kKeyBlock, false, grad_out_a,
+                                s.values_t.data() + offset, s.grad_weights.data(), kVnni<P>);
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t visible =
           options.is_causal ? std::clamp<int64_t>(first + i + 1 - key_first, 0, n) : n;
@@ -154,18 +167,18 @@ void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int
                            s.grad_scores.data() + i * kKeyBlock, n_packed);
     }
     if (rows_packed > rows) {  // the zero query row that evens the VNNI pairs
-      std::fill_n(s.weights.data() + rows * kKeyBlock, kKeyBlock, T(0));
-      std::fill_n(s.grad_scores.data() + rows * kKeyBlock, kKeyBlock, T(0));
+      std::fill_n(s.weights.data() + rows * kKeyBlock, kKeyBlock, P(0));
+      std::fill_n(s.grad_scores.data() + rows * kKeyBlock, kKeyBlock, P(0));
     }
     kernels.transpose(s.weights.data(), kKeyBlock, s.weights_t.data(), kQueryBlock, rows_packed, n);
     kernels.transpose(s.grad_scores.data(), kKeyBlock, s.grad_scores_t.data(), kQueryBlock,
                       rows_packed, n);
     at::native::cpublas::brgemm(n, D, rows_packed, kQueryBlock, D, D, true, s.weights_t.data(),
-                                s.grad_out_rows.data(), s.grad_values.data() + offset, kVnni<T>);
+                                s.grad_out_rows.data(), s.grad_values.data() + offset, kVnni<P>);
     at::native::cpublas::brgemm(n, D, rows_packed, kQueryBlock, D, D, true, s.grad_scores_t.data(),
-                                s.query_rows.data(), s.grad_keys.data() + offset, kVnni<T>);
+                                s.query_rows.data(), s.grad_keys.data() + offset, kVnni<P>);
     at::native::cpublas::brgemm(rows, D, n_packed, kKeyBlock, D, D, true, s.grad_scores.data(),
-                                s.key_rows.data() + offset, s.grad_query.data(), kVnni<T>);
+                                s.key_rows.data() + offset, s.grad_query.data(), kVnni<P>);
   }
   for (int64_t i = 0; i < rows; ++i) {  // a row without keys: 0 even where its query is NaN
     if (s.lse[i] == infinity) std::fill_n(s.grad_query.data() + i * D, D, 0.0f);
@@ -212,7 +225,7 @@ void fused_backward(const std::vector<BackwardCall<T>>& calls) {
       store_rows(s.grad_values.data(), call.shape.key_len, D, call.out_scale, call.accumulate,
                  call.grad_v.at(b, key_head, 0), call.grad_v.s2);
     }
-    at::native::cpublas::brgemm_release(kVnni<T>);
+    at::native::cpublas::brgemm_release(kVnni<ProductType<T>>);
   });
 }
 
@@ -285,10 +298,15 @@ void run_backward_into(const std::vector<GroupBackwardInto>& groups, double out_
 
 void backward_into(const std::vector<GroupBackwardInto>& groups, double out_scale,
                    bool accumulate) {
-  if (groups.front().q.scalar_type() == at::kBFloat16) {
-    run_backward_into<c10::BFloat16>(groups, out_scale, accumulate);
-  } else {
-    run_backward_into<float>(groups, out_scale, accumulate);
+  switch (groups.front().q.scalar_type()) {
+    case at::kBFloat16:
+      run_backward_into<c10::BFloat16>(groups, out_scale, accumulate);
+      break;
+    case at::kHalf:
+      run_backward_into<c10::Half>(groups, out_scale, accumulate);
+      break;
+    default:
+      run_backward_into<float>(groups, out_scale, accumulate);
   }
 }
 

@@ -7,6 +7,10 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -23,10 +27,11 @@ using namespace flash;
 
 // The keys and values of one (view batch, key head), block by block, as the products' B
 // operands: block b of keys is K[b]^T (D x kKeyBlock), block b of values is V[b] (kKeyBlock x D,
-// a padded key's row and the rows past the end zero, so no NaN behind a zero weight is read).
+// a padded key's row and the rows past the end zero, so no NaN behind a zero weight is read),
+// in the products' dtype.
 template <typename T>
 struct PackedKeysValues {
-  std::vector<T> keys, values;
+  std::vector<ProductType<T>> keys, values;
   std::vector<bool> fully_padded;  // per key block
   int64_t first_unpadded = 0;      // the first key that is not padding, key_len if none
 
@@ -39,17 +44,20 @@ struct PackedKeysValues {
   }
 };
 
-// One thread's buffers for a query block against one key block.
+// One thread's buffers for a query block against one key block; `queries` holds the block's
+// widened queries where the products' dtype is not the input's (float16).
 template <typename T>
 struct QueryBlockScratch {
   std::vector<float> scores, acc, keep;
-  std::vector<T> weights;
+  std::vector<ProductType<T>> weights, queries;
   std::vector<OnlineSoftmaxRow> rows;
   explicit QueryBlockScratch(int64_t head_dim)
       : scores(kQueryBlock * kKeyBlock),
         acc(static_cast<size_t>(kQueryBlock * head_dim)),
         keep(kKeyBlock),
         weights(kQueryBlock * kKeyBlock),
+        queries(std::is_same_v<T, ProductType<T>> ? 0
+                                                  : static_cast<size_t>(kQueryBlock * head_dim)),
         rows(kQueryBlock) {}
 };
 
@@ -87,11 +95,20 @@ void attend_query_block(const ForwardCall<T>& call, int64_t b, int64_t h,
                         const PackedKeysValues<T>& packed, const float* padded,
                         const SliceDropout& dropout, int64_t first, int64_t rows,
                         QueryBlockScratch<T>& scratch) {
-  const auto& kernels = flash_row_kernels<T>();
+  using P = ProductType<T>;
+  const auto& kernels = flash_row_kernels<P>();
   const int64_t D = call.shape.head_dim, key_len = call.shape.key_len;
   const bool is_causal = call.options->is_causal;
   const float scale = static_cast<float>(call.options->scale);
-  const T* query = call.queries.at(b, h, first);
+  const P* query = nullptr;
+  int64_t query_ld = D;
+  if constexpr (std::is_same_v<T, P>) {
+    query = call.queries.at(b, h, first);
+    query_ld = call.queries.s2;
+  } else {
+    pack_rows<T, P>(call.queries, b, h, first, rows, D, nullptr, scratch.queries.data());
+    query = scratch.queries.data();
+  }
   std::fill(scratch.acc.begin(), scratch.acc.begin() + rows * D, 0.0f);
   std::fill(scratch.rows.begin(), scratch.rows.begin() + rows,
             OnlineSoftmaxRow{-std::numeric_limits<float>::infinity(), 0.0f});
@@ -99,10 +116,10 @@ void attend_query_block(const ForwardCall<T>& call, int64_t b, int64_t h,
   for (int64_t key_first = 0; key_first < seen_keys; key_first += kKeyBlock) {
     if (packed.fully_padded[static_cast<size_t>(key_first / kKeyBlock)]) continue;
     const int64_t n = std::min(kKeyBlock, key_len - key_first);
-    const int64_t n_packed = kVnni<T> ? (n + 1) / 2 * 2 : n;
+    const int64_t n_packed = kVnni<P> ? (n + 1) / 2 * 2 : n;
     const int64_t block_offset = (key_first / kKeyBlock) * kKeyBlock * D;
-    at::native::cpublas::brgemm(rows, n, D, call.queries.s2, kKeyBlock, kKeyBlock, false, query,
-                                packed.keys.data() + block_offset, scratch.scores.data(), kVnni<T>);
+    at::native::cpublas::brgemm(rows, n, D, query_ld, kKeyBlock, kKeyBlock, false, query,
+                                packed.keys.data() + block_offset, scratch.scores.data(), kVnni<P>);
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t visible = is_causal ? std::clamp<int64_t>(first + i + 1 - key_first, 0, n) : n;
       float* keep = nullptr;
@@ -116,8 +133,9 @@ void attend_query_block(const ForwardCall<T>& call, int64_t b, int64_t h,
                            scratch.acc.data() + i * D, D);
     }
     at::native::cpublas::brgemm(rows, D, n_packed, kKeyBlock, D, D, true, scratch.weights.data(),
-                                packed.values.data() + block_offset, scratch.acc.data(), kVnni<T>);
+                                packed.values.data() + block_offset, scratch.acc.data(), kVnni<P>);
   }
+  const auto& finish_row = flash_row_kernels<T>().finish_row;
   const auto& to = call.to;
   for (int64_t i = 0; i < rows; ++i) {
     T* out = to.out + b * to.out_s0 + h * to.out_s1 + (first + i) * to.out_s2;
@@ -128,7 +146,7 @@ void attend_query_block(const ForwardCall<T>& call, int64_t b, int64_t h,
       std::fill(out, out + D, T(0));
       lse = -std::numeric_limits<float>::infinity();
     } else {
-      lse = kernels.finish_row(scratch.acc.data() + i * D, D, scratch.rows[i], to.out_scale, out);
+      lse = finish_row(scratch.acc.data() + i * D, D, scratch.rows[i], to.out_scale, out);
     }
   }
 }
@@ -168,7 +186,7 @@ void fused_forward(const std::vector<ForwardCall<T>>& calls) {
                               std::min(kQueryBlock, call.shape.query_len - first), scratch);
       }
     }
-    at::native::cpublas::brgemm_release(kVnni<T>);
+    at::native::cpublas::brgemm_release(kVnni<ProductType<T>>);
   });
 }
 
@@ -234,10 +252,15 @@ void run_into(const std::vector<GroupForwardInto>& groups, double out_scale) {
   std::vector<CallInputs> inputs;
   for (const auto& group : with_work) inputs.push_back(call_inputs(group.q, group.options));
   const auto scale = static_cast<float>(out_scale);
-  if (with_work.front().q.scalar_type() == at::kBFloat16) {
-    fused_forward(planned_calls<c10::BFloat16>(with_work, inputs, scale));
-  } else {
-    fused_forward(planned_calls<float>(with_work, inputs, scale));
+  switch (with_work.front().q.scalar_type()) {
+    case at::kBFloat16:
+      fused_forward(planned_calls<c10::BFloat16>(with_work, inputs, scale));
+      break;
+    case at::kHalf:
+      fused_forward(planned_calls<c10::Half>(with_work, inputs, scale));
+      break;
+    default:
+      fused_forward(planned_calls<float>(with_work, inputs, scale));
   }
 }
 
@@ -261,6 +284,14 @@ bool bf16_microkernel_runs() {
   return runs && at::globalContext().userEnabledMkldnn();
 }
 
+#if defined(__GNUC__) && defined(__x86_64__)
+// AMX-FP16: CPUID.(EAX=7, ECX=1):EAX bit 21 (GCC 12's __builtin_cpu_supports does not know it).
+bool has_amx_fp16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && ((eax >> 21) & 1u) != 0;
+}
+#endif
+
 // Where this kernel was measured faster than ATen's CPU flash kernel, on the README's bench
 // config (docs/benchmarks, the notes of issue 14): AVX-512, and for bfloat16 AVX512-BF16.
 // - AMD Zen 4 (no AMX): both passes, both dtypes (bf16 forward about 2.1x, float32 1.3x).
@@ -269,11 +300,17 @@ bool bf16_microkernel_runs() {
 //   backward took about 0.47 s against ATen's 0.68 s, our float32 forward 0.315 s against
 //   0.344 s (backward equal within the machine's noise). With dropout, which ATen's kernel
 //   lacks, the alternative is our dropout kernel: 0.418 s for the bf16 forward at p = 0.1.
+// - float16 (widened to float32 products, flash_packing.h), Emerald Rapids, both passes: forward
+//   0.241 s against ATen's 0.276 s, forward+backward 0.809 s against 1.169 s (ATen's float16
+//   kernel widens too, through MKL's hgemm copies into sgemm).
+//   Not measured on Zen 4; nor on CPUs with AMX-FP16 (Granite Rapids), where ATen's float16
+//   kernel may put its products on f16 tiles: ATen's stays there.
 // Nothing was measured on AVX2-only CPUs: ATen's kernel stays there.
 bool measured_faster_here(at::ScalarType dtype, FusedPass pass, bool dropout) {
 #if defined(__GNUC__) && defined(__x86_64__)
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (dtype == at::kHalf) return avx512 && !has_amx_fp16();
   if (dtype != at::kBFloat16) return avx512;
   const bool amx_forward =
       pass == FusedPass::kForward && !dropout && __builtin_cpu_supports("amx-bf16");
@@ -328,7 +365,7 @@ bool fused_kernel_takes(const at::Tensor& q, const at::Tensor& k, const BlockOpt
   if (options.is_causal && q.size(2) != k.size(2)) return false;  // causal blocks are square
   const auto dtype = q.scalar_type();
   if (dtype == at::kBFloat16 && (q.size(3) % 2 != 0 || !bf16_microkernel_runs())) return false;
-  if (dtype != at::kBFloat16 && dtype != at::kFloat) return false;
+  if (dtype != at::kBFloat16 && dtype != at::kFloat && dtype != at::kHalf) return false;
   return chosen(dtype, pass, options.uses_dropout());
 }
 
@@ -340,8 +377,8 @@ std::tuple<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& q, 
                                                            const at::Tensor& v,
                                                            const BlockOptions& options) {
   const auto dtype = q.scalar_type();
-  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kFloat,
-              "fused_attention_forward: expected bfloat16 or float32, got ", dtype);
+  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kHalf,
+              "fused_attention_forward: expected bfloat16, float16 or float32, got ", dtype);
   const int64_t batch = q.size(0), heads = q.size(1), query_len = q.size(2), D = q.size(3);
   // [B', Lq, h, D] in memory, viewed as [B', h, Lq, D] (as ATen's kernel returns it).
   auto out = at::empty({batch, query_len, heads, D}, q.options()).permute({0, 2, 1, 3});

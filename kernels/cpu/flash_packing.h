@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <atomic>
@@ -30,6 +31,14 @@ namespace flash {
 // products at about 200 GFLOP/s per core there.
 constexpr int64_t kQueryBlock = 64;
 constexpr int64_t kKeyBlock = 128;
+
+// The dtype the products read: float32 and bfloat16 as they are (bf16 dot products into fp32),
+// float16 widened to float32 as it is packed. Measured on an Emerald Rapids VM (AVX512-FP16,
+// no AMX-FP16), oneDNN's f16 microkernel ran 64 x 128 x 64 products at 95-99 GFLOP/s against
+// fp32's 83-104: no gain to pay a float16 rounding of the weights and of dS for, while the
+// widened products are exact.
+template <typename T>
+using ProductType = std::conditional_t<std::is_same_v<T, c10::Half>, float, T>;
 
 // bf16 products read their B operand as VNNI pairs: element (k, n) of a K x N block with leading
 // dimension ld sits at (k / 2) * 2 * ld + 2 * n + k % 2, and K must be even.
@@ -80,18 +89,18 @@ struct Strided4d {
 
 // Rows [first, first + n) of x[b, head] as a B operand with N = D: row-major (kKeyBlock x D),
 // bf16 with each pair of rows interleaved (VNNI); rows flagged in `zeroed` (indexed by
-// first + j; may be null) and rows [n, even n) are zero.
-template <typename T>
+// first + j; may be null) and rows [n, even n) are zero; float16 widened to float32.
+template <typename T, typename P = ProductType<T>>
 void pack_rows(const Strided4d<T>& x, int64_t b, int64_t head, int64_t first, int64_t n,
-               int64_t head_dim, const float* zeroed, T* block) {
-  constexpr int64_t per_pair = kVnni<T> ? 2 : 1;
+               int64_t head_dim, const float* zeroed, P* block) {
+  constexpr int64_t per_pair = kVnni<P> ? 2 : 1;
   const int64_t rows = ceil_div(n, per_pair) * per_pair;
   const auto kept = [&](int64_t j) {
     return j < n && (zeroed == nullptr || zeroed[first + j] == 0.0f);
   };
   for (int64_t j0 = 0; j0 < rows; j0 += per_pair) {
-    T* out = block + j0 * head_dim;
-    if constexpr (kVnni<T> && std::endian::native == std::endian::little) {
+    P* out = block + j0 * head_dim;
+    if constexpr (kVnni<P> && std::endian::native == std::endian::little) {
       if (x.s3 == 1 && kept(j0) && kept(j0 + 1)) {
         // Two contiguous rows into 32-bit words, row j0 in the low half: a loop the compiler
         // vectorises (element by element it took 5% of a bf16 forward).
@@ -103,9 +112,14 @@ void pack_rows(const Strided4d<T>& x, int64_t b, int64_t head, int64_t first, in
         }
         continue;
       }
-    } else if constexpr (!kVnni<T>) {
+    } else if constexpr (!kVnni<P> && std::is_same_v<T, P>) {
       if (x.s3 == 1 && kept(j0)) {
         std::copy_n(x.at(b, head, first + j0), head_dim, out);
+        continue;
+      }
+    } else if constexpr (!kVnni<P>) {  // float16 rows into float32
+      if (x.s3 == 1 && kept(j0)) {
+        flash_row_kernels<T>().to_float(x.at(b, head, first + j0), head_dim, out);
         continue;
       }
     }
@@ -114,7 +128,7 @@ void pack_rows(const Strided4d<T>& x, int64_t b, int64_t head, int64_t first, in
       const bool zero = !kept(j);
       const T* row = zero ? nullptr : x.at(b, head, first + j);
       for (int64_t d = 0; d < head_dim; ++d) {
-        out[d * per_pair + half] = zero ? T(0) : row[d * x.s3];
+        out[d * per_pair + half] = zero ? P(0) : P(row[d * x.s3]);
       }
     }
   }
@@ -122,20 +136,26 @@ void pack_rows(const Strided4d<T>& x, int64_t b, int64_t head, int64_t first, in
 
 // Rows [first, first + n) of x[b, head], transposed, as a B operand with K = D: D x ld
 // (ld >= n); bf16 moves (d, d + 1) pairs as one 32-bit word: the VNNI layout of X^T is the word
-// transpose of X.
-template <typename T>
+// transpose of X. float16 is widened row by row first.
+template <typename T, typename P = ProductType<T>>
 void pack_transposed(const Strided4d<T>& x, int64_t b, int64_t head, int64_t first, int64_t n,
-                     int64_t head_dim, int64_t ld, T* block) {
-  constexpr int64_t per_word = kVnni<T> ? 2 : 1;
-  if (x.s3 == 1 && x.s2 % per_word == 0) {
-    flash_row_kernels<float>().transpose(reinterpret_cast<const float*>(x.at(b, head, first)),
-                                         x.s2 / per_word, reinterpret_cast<float*>(block), ld, n,
-                                         head_dim / per_word);
-    return;
-  }
-  for (int64_t j = 0; j < n; ++j) {
-    const T* row = x.at(b, head, first + j);
-    for (int64_t d = 0; d < head_dim; ++d) block[b_index<T>(d, j, ld)] = row[d * x.s3];
+                     int64_t head_dim, int64_t ld, P* block) {
+  if constexpr (!std::is_same_v<T, P>) {
+    std::vector<P> rows(static_cast<size_t>(n * head_dim));
+    pack_rows<T, P>(x, b, head, first, n, head_dim, nullptr, rows.data());
+    flash_row_kernels<P>().transpose(rows.data(), head_dim, block, ld, n, head_dim);
+  } else {
+    constexpr int64_t per_word = kVnni<T> ? 2 : 1;
+    if (x.s3 == 1 && x.s2 % per_word == 0) {
+      flash_row_kernels<float>().transpose(reinterpret_cast<const float*>(x.at(b, head, first)),
+                                           x.s2 / per_word, reinterpret_cast<float*>(block), ld, n,
+                                           head_dim / per_word);
+      return;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const T* row = x.at(b, head, first + j);
+      for (int64_t d = 0; d < head_dim; ++d) block[b_index<T>(d, j, ld)] = row[d * x.s3];
+    }
   }
 }
 
@@ -144,8 +164,9 @@ void pack_transposed(const Strided4d<T>& x, int64_t b, int64_t head, int64_t fir
 // rows flagged in `zeroed`); either output may be null.
 template <typename T>
 void pack_key_blocks(const Strided4d<T>& x, int64_t b, int64_t head, int64_t key_len,
-                     int64_t head_dim, const float* zeroed, std::vector<T>* transposed,
-                     std::vector<T>* rows) {
+                     int64_t head_dim, const float* zeroed, std::vector<ProductType<T>>* transposed,
+                     std::vector<ProductType<T>>* rows) {
+  using P = ProductType<T>;
   const int64_t block_size = kKeyBlock * head_dim;
   const auto size = static_cast<size_t>(ceil_div(key_len, kKeyBlock) * block_size);
   if (transposed != nullptr) transposed->resize(size);
@@ -153,9 +174,11 @@ void pack_key_blocks(const Strided4d<T>& x, int64_t b, int64_t head, int64_t key
   for (int64_t first = 0; first < key_len; first += kKeyBlock) {
     const int64_t n = std::min(kKeyBlock, key_len - first), offset = first * head_dim;
     if (transposed != nullptr) {
-      pack_transposed(x, b, head, first, n, head_dim, kKeyBlock, transposed->data() + offset);
+      pack_transposed<T, P>(x, b, head, first, n, head_dim, kKeyBlock, transposed->data() + offset);
     }
-    if (rows != nullptr) pack_rows(x, b, head, first, n, head_dim, zeroed, rows->data() + offset);
+    if (rows != nullptr) {
+      pack_rows<T, P>(x, b, head, first, n, head_dim, zeroed, rows->data() + offset);
+    }
   }
 }
 

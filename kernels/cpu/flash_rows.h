@@ -5,6 +5,7 @@
 #pragma once
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
 
@@ -18,7 +19,9 @@ struct OnlineSoftmaxRow {
   float sum;
 };
 
-template <typename W>  // float or c10::BFloat16: the dtype the weights are multiplied in
+// W: the dtype the weights are multiplied in (float or c10::BFloat16), or the dtype results are
+// written in (float, c10::BFloat16, c10::Half: finish_row, store_scaled, to_float).
+template <typename W>
 struct FlashRowKernels {
   // Raw scores q.k of one row against a block of n keys (scale > 0: kernels/block_attention.cpp
   // negates the queries of a negative scale and zeroes those of a zero one), of which keys [0,
@@ -51,6 +54,10 @@ struct FlashRowKernels {
   // float table also moves pairs of bf16 as one 32-bit word: flash_packing.h's key packs).
   void (*transpose)(const W* src, int64_t ld_src, W* dst, int64_t ld_dst, int64_t rows,
                     int64_t cols) = nullptr;
+  // dst[j] = src[j] * factor in W, for j < n: gradient rows out of their float accumulators.
+  void (*store_scaled)(const float* src, float factor, int64_t n, W* dst) = nullptr;
+  // dst[j] = float(src[j]), for j < n: float16 rows widened for float32 products.
+  void (*to_float)(const W* src, int64_t n, float* dst) = nullptr;
 };
 
 // The tables for the CPU this process runs on, picked as row_kernels() picks its own.

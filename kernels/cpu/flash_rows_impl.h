@@ -249,9 +249,14 @@ void transpose(const W* src, int64_t ld_src, W* dst, int64_t ld_dst, int64_t row
 }
 
 template <typename W>
+void to_float(const W* src, int64_t n, float* dst) {
+  at::vec::convert(src, dst, n);
+}
+
+template <typename W>
 const FlashRowKernels<W>& flash_table() {
-  static const FlashRowKernels<W> kernels{&online_block<W>, &finish_row<W>, &backward_row<W>,
-                                          &transpose<W>};
+  static const FlashRowKernels<W> kernels{&online_block<W>, &finish_row<W>,   &backward_row<W>,
+                                          &transpose<W>,    &store_scaled<W>, &to_float<W>};
   return kernels;
 }
 
@@ -264,6 +269,10 @@ const FlashRowKernels<float>& FLASH_ROWS_TABLE<float>() {
 template <>
 const FlashRowKernels<c10::BFloat16>& FLASH_ROWS_TABLE<c10::BFloat16>() {
   return CPU_CAPABILITY::flash_table<c10::BFloat16>();
+}
+template <>
+const FlashRowKernels<c10::Half>& FLASH_ROWS_TABLE<c10::Half>() {
+  return CPU_CAPABILITY::flash_table<c10::Half>();
 }
 
 }  // namespace dilated_attention

@@ -66,6 +66,7 @@ const FlashRowKernels<W>& flash_row_kernels() {
 
 template const FlashRowKernels<float>& flash_row_kernels<float>();
 template const FlashRowKernels<c10::BFloat16>& flash_row_kernels<c10::BFloat16>();
+template const FlashRowKernels<c10::Half>& flash_row_kernels<c10::Half>();
 
 const char* row_kernels_capability() { return capability(); }
 

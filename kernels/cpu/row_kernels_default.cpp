@@ -34,12 +34,20 @@ const FlashRowKernels<c10::BFloat16>& flash_row_kernels_avx512<c10::BFloat16>() 
   return flash_row_kernels_default<c10::BFloat16>();
 }
 template <>
+const FlashRowKernels<c10::Half>& flash_row_kernels_avx512<c10::Half>() {
+  return flash_row_kernels_default<c10::Half>();
+}
+template <>
 const FlashRowKernels<float>& flash_row_kernels_avx2<float>() {
   return flash_row_kernels_default<float>();
 }
 template <>
 const FlashRowKernels<c10::BFloat16>& flash_row_kernels_avx2<c10::BFloat16>() {
   return flash_row_kernels_default<c10::BFloat16>();
+}
+template <>
+const FlashRowKernels<c10::Half>& flash_row_kernels_avx2<c10::Half>() {
+  return flash_row_kernels_default<c10::Half>();
 }
 }  // namespace dilated_attention
 #endif

@@ -86,3 +86,35 @@ def test_forward_and_gradients_match_the_reference(problem, layout, dtype, causa
     for name, g, e in zip("qkv", got, expected):
         torch.testing.assert_close(g.double(), e, atol=atol * 10, rtol=rtol * 10,
                                    msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+@settings(max_examples=500)
+@given(problem=problems(), layout=st.sampled_from(sorted(LAYOUTS)),
+       dtype=st.sampled_from([torch.bfloat16, torch.float16]), causal=st.booleans(),
+       scale=st.one_of(st.none(), st.just(0.0), st.floats(0.01, 4.0)),
+       seed=st.integers(0, 2**16))
+def test_reduced_precision_matches_the_reference_of_its_rounded_inputs(problem, layout, dtype,
+                                                                      causal, scale, seed):
+    """bfloat16 and float16 through every layout: against the float64 reference of the inputs
+    as the op sees them (rounded to the dtype), so only the op's own rounding counts."""
+    shape, segments, rates = problem
+    gen = torch.Generator().manual_seed(seed)
+    op_bases = [torch.randn(storage_size(shape), generator=gen).to(dtype).requires_grad_(True)
+                for _ in range(3)]
+    bases = [b.detach().double().requires_grad_(True) for b in op_bases]
+    grad_out = torch.randn(shape, generator=gen).to(dtype)
+    op_views = [LAYOUTS[layout](b, shape) for b in op_bases]
+    out = torch.ops.dilated_attention.dilated_attention(*op_views, segments, rates, 0.0, causal,
+                                                        scale)
+    assert out.shape == torch.Size(shape) and out.dtype == dtype
+    if out.numel() == 0:
+        return
+    ref = dilated_attention_reference(*[LAYOUTS[layout](b, shape) for b in bases], segments,
+                                      rates, causal, scale)
+    atol, rtol = TOLERANCES[dtype]
+    torch.testing.assert_close(out.double(), ref.detach(), atol=atol, rtol=rtol)
+    got = torch.autograd.grad(out, op_bases, grad_out)
+    expected = torch.autograd.grad(ref, bases, grad_out.double())
+    for name, g, e in zip("qkv", got, expected):
+        torch.testing.assert_close(g.double(), e, atol=atol * 10, rtol=rtol * 10,
+                                   msg=lambda m, name=name: f"grad {name}: {m}")
