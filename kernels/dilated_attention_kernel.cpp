@@ -12,6 +12,7 @@
 #include "kernels/block_attention.h"
 #include "kernels/causal_pieces.h"
 #include "kernels/device_kernels.h"
+#include "kernels/group_attention.h"
 #include "kernels/group_views.h"
 #include "kernels/index/dropout_mask.h"
 #include "kernels/key_padding.h"
@@ -93,19 +94,7 @@ std::tuple<at::Tensor, at::Tensor> dilated_attention_forward_kernel(
     calls.push_back({group_view(q, group), group_view(k, kv_group), group_view(v, kv_group),
                      std::move(options), group_view(out, group), group_rows_view(lse, group)});
   }
-  const auto& kernels = kernels_for(q.device().type());
-  const bool kernel_alone = std::all_of(calls.begin(), calls.end(), [](const auto& call) {
-    return block_attention_is_the_kernel_alone(call.q, call.k, call.options);
-  });
-  if (kernel_alone && kernels.forward_groups_into != nullptr &&
-      kernels.forward_groups_into(calls, config.output_scale)) {
-    return {out, lse};
-  }
-  for (const auto& call : calls) {
-    auto [group_out, group_lse] = block_attention_forward(call.q, call.k, call.v, call.options);
-    call.out.copy_(group_out.mul_(config.output_scale));
-    call.lse.copy_(group_lse);
-  }
+  attend_groups_into(calls, config.output_scale);
   return {out, lse};
 }
 
@@ -130,11 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
   auto grad_v = new_key_value_grad(v);
   if (q.numel() == 0) return {grad_q, grad_k, grad_v};
 
-  // Each group's attention is differentiated as if its loss were <grad_out, O_g> with the
-  // unscaled group output O_g = out / output_scale: every gradient then carries a factor
-  // 1 / output_scale, removed when it is written back (a device that writes every group into
-  // place takes out itself and does both: DeviceKernels::BackwardGroupsInto). grad_out stays a
-  // zero-copy view.
+  // Every view is zero-copy; out is the scaled result, as group_attention.h takes it.
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
   const auto contiguous_lse = lse.contiguous();
   const bool may_hold = inputs_may_hold_non_finite(config, q, {&grad_out, &q, &k, &v, &out});
@@ -150,26 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_attention_backward_kernel
                      group_view(grad_q, group), group_view(grad_k, kv_group),
                      group_view(grad_v, kv_group)});
   }
-  const auto& kernels = kernels_for(q.device().type());
-  const bool kernel_alone = std::all_of(calls.begin(), calls.end(), [](const auto& call) {
-    return block_attention_is_the_kernel_alone(call.q, call.k, call.options);
-  });
-  if (!(kernel_alone && kernels.backward_groups_into != nullptr &&
-        kernels.backward_groups_into(calls, config.output_scale, shares_key_values))) {
-    for (const auto& call : calls) {
-      auto [gq, gk, gv] =
-          block_attention_backward(call.grad_out, call.q, call.k, call.v,
-                                   call.out.div(config.output_scale), call.lse, call.options);
-      call.grad_q.copy_(gq.mul_(config.output_scale));
-      if (shares_key_values) {
-        call.grad_k.add_(gk.mul_(config.output_scale));
-        call.grad_v.add_(gv.mul_(config.output_scale));
-      } else {
-        call.grad_k.copy_(gk.mul_(config.output_scale));
-        call.grad_v.copy_(gv.mul_(config.output_scale));
-      }
-    }
-  }
+  attend_groups_backward_into(calls, config.output_scale, shares_key_values);
   zero_padded_rows_(grad_k, padding);
   zero_padded_rows_(grad_v, padding);
   return {grad_q, grad_k, grad_v};

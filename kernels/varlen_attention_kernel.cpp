@@ -4,10 +4,12 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "kernels/block_attention.h"
 #include "kernels/causal_pieces.h"
 #include "kernels/device_kernels.h"
+#include "kernels/group_attention.h"
 #include "kernels/group_views.h"
 #include "kernels/index/dropout_mask.h"
 
@@ -102,15 +104,17 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_kernel(
   if (q.numel() == 0) return {out, lse};
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
   const bool may_hold = inputs_may_hold_non_finite(q, {&q, &k, &v});
+  std::vector<GroupForwardInto> calls;
   for_each_part(starts, config, [&](int64_t sequence, int64_t start, const SequencePart& part) {
     const auto kv_group = key_value_group(part.group, config.heads_per_key_value);
-    auto [o, l] = block_attention_forward(group_view(rows_of(q, start, part), part.group),
-                                          group_view(rows_of(k, start, part), kv_group),
-                                          group_view(rows_of(v, start, part), kv_group),
-                                          part_options(config, part, sequence, mask, may_hold));
-    group_view(rows_of(out, start, part), part.group).copy_(o.mul_(config.output_scale));
-    group_rows_view(rows_of(lse, start, part), part.group).copy_(l);
+    const auto view = [&](const at::Tensor& x, const HeadGroup& heads) {
+      return group_view(rows_of(x, start, part), heads);
+    };
+    calls.push_back({view(q, part.group), view(k, kv_group), view(v, kv_group),
+                     part_options(config, part, sequence, mask, may_hold), view(out, part.group),
+                     group_rows_view(rows_of(lse, start, part), part.group)});
   });
+  attend_groups_into(calls, config.output_scale);
   return {out, lse};
 }
 
@@ -120,30 +124,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_kernel(
     const std::vector<int64_t>& starts, const AttentionConfig& config) {
   const auto q = packed_layout(q_in), k = packed_layout(k_in), v = packed_layout(v_in);
   const auto grad_out = packed_layout(grad_out_in), lse = lse_in.contiguous();
-  // Each part is differentiated as if its loss were <grad_out, O_part> with the unscaled part
-  // output: every gradient carries 1 / output_scale, removed when written back.
-  const auto out = out_in.contiguous().div(config.output_scale);
+  const auto out = packed_layout(out_in);  // the scaled result, as group_attention.h takes it
   auto grad_q = at::zeros(q.sizes(), q.options());
-  // Shared key/value heads collect the gradients of every group reading them: added.
   auto grad_k = at::zeros(k.sizes(), k.options());
   auto grad_v = at::zeros(v.sizes(), v.options());
   if (q.numel() == 0) return {grad_q, grad_k, grad_v};
   const DropoutMask mask(config.dropout_seed, config.dropout_p);
   const bool may_hold = inputs_may_hold_non_finite(q, {&grad_out, &q, &k, &v, &out});
+  std::vector<GroupBackwardInto> calls;
   for_each_part(starts, config, [&](int64_t sequence, int64_t start, const SequencePart& part) {
     const auto& group = part.group;
     const auto kv_group = key_value_group(group, config.heads_per_key_value);
-    auto view = [&](const at::Tensor& x, const HeadGroup& heads) {
+    const auto view = [&](const at::Tensor& x, const HeadGroup& heads) {
       return group_view(rows_of(x, start, part), heads);
     };
-    auto [gq, gk, gv] = block_attention_backward(
-        view(grad_out, group), view(q, group), view(k, kv_group), view(v, kv_group),
-        view(out, group), group_rows_view(rows_of(lse, start, part), group),
-        part_options(config, part, sequence, mask, may_hold));
-    view(grad_q, group).copy_(gq.mul_(config.output_scale));
-    view(grad_k, kv_group).add_(gk.mul_(config.output_scale));
-    view(grad_v, kv_group).add_(gv.mul_(config.output_scale));
+    calls.push_back({view(grad_out, group), view(q, group), view(k, kv_group), view(v, kv_group),
+                     view(out, group), group_rows_view(rows_of(lse, start, part), group),
+                     part_options(config, part, sequence, mask, may_hold), view(grad_q, group),
+                     view(grad_k, kv_group), view(grad_v, kv_group)});
   });
+  // Parts write disjoint rows (sequences, whole segments and tails) of disjoint heads (groups),
+  // but groups sharing a key/value head add to its rows.
+  attend_groups_backward_into(calls, config.output_scale,
+                              /*accumulate_key_values=*/config.heads_per_key_value > 1);
   return {grad_q, grad_k, grad_v};
 }
 
