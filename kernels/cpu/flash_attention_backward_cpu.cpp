@@ -334,13 +334,17 @@ bool fused_backward_groups_into(const std::vector<GroupBackwardInto>& groups, do
                                 bool accumulate_key_values) {
   if (groups.empty()) return true;
   const auto dtype = groups.front().q.scalar_type();
+  const int64_t head_dim = groups.front().q.size(3);
+  // Every operand is read, and every gradient written, as the first query's dtype with its head
+  // dim (the callers' views agree; a mismatch runs group by group).
+  const auto same_kind = [&](const at::Tensor& x) {
+    return x.scalar_type() == dtype && x.size(3) == head_dim;
+  };
   const bool takes = std::all_of(groups.begin(), groups.end(), [&](const auto& group) {
-    const auto result_ok = [&](const at::Tensor& x) {
-      return x.scalar_type() == dtype && x.stride(3) == 1;
-    };
-    return group.q.scalar_type() == dtype && group.q.size(3) == groups.front().q.size(3) &&
-           result_ok(group.grad_q) && result_ok(group.grad_k) && result_ok(group.grad_v) &&
-           fused_backward_takes(group.q, group.k, group.options);
+    const auto result_ok = [&](const at::Tensor& x) { return same_kind(x) && x.stride(3) == 1; };
+    return same_kind(group.q) && same_kind(group.k) && same_kind(group.v) && same_kind(group.out) &&
+           same_kind(group.grad_out) && result_ok(group.grad_q) && result_ok(group.grad_k) &&
+           result_ok(group.grad_v) && fused_backward_takes(group.q, group.k, group.options);
   });
   if (!takes) return false;
   backward_into(groups, out_scale, accumulate_key_values);

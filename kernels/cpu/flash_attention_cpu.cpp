@@ -390,10 +390,15 @@ std::tuple<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& q, 
 bool fused_forward_groups_into(const std::vector<GroupForwardInto>& groups, double out_scale) {
   if (groups.empty()) return true;
   const auto dtype = groups.front().q.scalar_type();
+  const int64_t head_dim = groups.front().q.size(3);
+  // Every operand is read as the first query's dtype with its head dim (the callers' views
+  // agree; a mismatch runs group by group, where block_attention checks them).
+  const auto same_kind = [&](const at::Tensor& x) {
+    return x.scalar_type() == dtype && x.size(3) == head_dim;
+  };
   const bool takes = std::all_of(groups.begin(), groups.end(), [&](const auto& group) {
-    return group.q.scalar_type() == dtype && group.q.size(3) == groups.front().q.size(3) &&
-           group.out.scalar_type() == dtype && group.out.stride(3) == 1 &&
-           group.lse.scalar_type() == at::kFloat &&
+    return same_kind(group.q) && same_kind(group.k) && same_kind(group.v) && same_kind(group.out) &&
+           group.out.stride(3) == 1 && group.lse.scalar_type() == at::kFloat &&
            fused_forward_takes(group.q, group.k, group.options);
   });
   if (!takes) return false;
