@@ -286,9 +286,13 @@ bool bf16_microkernel_runs() {
 
 #if defined(__GNUC__) && defined(__x86_64__)
 // AMX-FP16: CPUID.(EAX=7, ECX=1):EAX bit 21 (GCC 12's __builtin_cpu_supports does not know it).
+// Asked once: CPUID traps to the hypervisor in a VM, and dispatch asks per group.
 bool has_amx_fp16() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && ((eax >> 21) & 1u) != 0;
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && ((eax >> 21) & 1u) != 0;
+  }();
+  return has;
 }
 #endif
 
@@ -303,8 +307,9 @@ bool has_amx_fp16() {
 // - float16 (widened to float32 products, flash_packing.h), Emerald Rapids, both passes: forward
 //   0.241 s against ATen's 0.276 s, forward+backward 0.809 s against 1.169 s (ATen's float16
 //   kernel widens too, through MKL's hgemm copies into sgemm).
-//   Not measured on Zen 4; nor on CPUs with AMX-FP16 (Granite Rapids), where ATen's float16
-//   kernel may put its products on f16 tiles: ATen's stays there.
+//   Taken on Zen 4 too, unmeasured there: its products are the float32 kernel's, which beat
+//   ATen's there. Not on CPUs with AMX-FP16 (Granite Rapids), where ATen's float16 kernel may
+//   put its products on f16 tiles and nothing was measured: ATen's stays there.
 // Nothing was measured on AVX2-only CPUs: ATen's kernel stays there.
 bool measured_faster_here(at::ScalarType dtype, FusedPass pass, bool dropout) {
 #if defined(__GNUC__) && defined(__x86_64__)

@@ -1,10 +1,11 @@
-// Our fused attention forward on the CPU, for the calls where it beats ATen's CPU flash kernel
-// (which the CPU's kernel table uses otherwise, and for every backward). Query blocks run an
-// online softmax over key blocks; both products go through oneDNN's brgemm microkernel
+// Our fused attention forward and backward on the CPU, for the calls where they beat ATen's CPU
+// flash kernel (which the CPU's kernel table uses otherwise). Query blocks run an online softmax
+// over key blocks; the products go through oneDNN's brgemm microkernel
 // (at::native::cpublas::brgemm): bfloat16 with bf16 dot products into float32 accumulators,
-// float32 with FMAs. Keys and values of one (view batch, key head) are packed once into the
-// layouts the microkernel reads (the transposed keys; for bfloat16 the VNNI pairs of rows), so
-// strided group views are read in place and never gathered per query head.
+// float32 with FMAs, float16 widened to float32 as it is packed. Keys and values of one (view
+// batch, key head) are packed once into the layouts the microkernel reads (the transposed keys; for
+// bfloat16 the VNNI pairs of rows), so strided group views are read in place and never gathered per
+// query head.
 #pragma once
 
 #include <ATen/core/Tensor.h>
