@@ -55,7 +55,7 @@ def reference(q, k, v, grad_out, cu, segs, rates, causal, scale=None):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_forward_and_gradients_match_the_reference(config, causal, dtype):
     H, H_kv, segs, rates, lengths = config
     q, k, v, grad_out, cu = packed(lengths, H, H_kv, 8, dtype, seed=H * 3 + H_kv)
