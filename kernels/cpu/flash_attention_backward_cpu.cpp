@@ -310,13 +310,17 @@ void backward_into(const std::vector<GroupBackwardInto>& groups, double out_scal
   }
 }
 
+// One task per (view batch, key head): a parallel region with fewer than the threads leaves some
+// idle, where ATen's kernel (or the dropout kernel) spreads the work better.
+bool enough_units_for_the_threads(int64_t units) { return units >= at::get_num_threads(); }
+
+int64_t units_of(const at::Tensor& q, const at::Tensor& k) { return q.size(0) * k.size(1); }
+
 }  // namespace
 
 bool fused_backward_takes(const at::Tensor& q, const at::Tensor& k, const BlockOptions& options) {
-  // One task per (view batch, key head): with fewer than the threads, ATen's kernel (or the
-  // dropout kernel) spreads the work better.
   return fused_kernel_takes(q, k, options, FusedPass::kBackward) &&
-         q.size(0) * k.size(1) >= at::get_num_threads();
+         enough_units_for_the_threads(units_of(q, k));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_attention_backward(
@@ -344,9 +348,20 @@ bool fused_backward_groups_into(const std::vector<GroupBackwardInto>& groups, do
     const auto result_ok = [&](const at::Tensor& x) { return same_kind(x) && x.stride(3) == 1; };
     return same_kind(group.q) && same_kind(group.k) && same_kind(group.v) && same_kind(group.out) &&
            same_kind(group.grad_out) && result_ok(group.grad_q) && result_ok(group.grad_k) &&
-           result_ok(group.grad_v) && fused_backward_takes(group.q, group.k, group.options);
+           result_ok(group.grad_v) &&
+           fused_kernel_takes(group.q, group.k, group.options, FusedPass::kBackward);
   });
   if (!takes) return false;
+  // Where key values accumulate each group runs its own region (run_backward_into), so each
+  // needs the units for the threads; otherwise they share one, and a short group (a varlen
+  // tail part) rides with the rest.
+  int64_t total_units = 0;
+  for (const auto& group : groups) {
+    const int64_t units = units_of(group.q, group.k);
+    if (accumulate_key_values && !enough_units_for_the_threads(units)) return false;
+    total_units += units;
+  }
+  if (!enough_units_for_the_threads(total_units)) return false;
   backward_into(groups, out_scale, accumulate_key_values);
   return true;
 }

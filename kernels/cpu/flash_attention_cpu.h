@@ -54,8 +54,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const BlockOptions& options);
 
-// DeviceKernels::BackwardGroupsInto: where fused_backward_takes every group (of one dtype and
-// head dim), their units in one parallel region (one per group where key values accumulate).
+// DeviceKernels::BackwardGroupsInto: where fused_kernel_takes the backward of every group (of one
+// dtype and head dim), their units in one parallel region, taken when the groups together have a
+// unit per thread (one region per group where key values accumulate, so then each must).
 bool fused_backward_groups_into(const std::vector<GroupBackwardInto>& groups, double out_scale,
                                 bool accumulate_key_values);
 

@@ -20,13 +20,17 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 
-# Shapes that leave partial query and key blocks (64 x 128), a head dim no vector width divides,
-# grouped K/V, several groups, causal and padding (scattered, whole key blocks, whole sequences). (B, N, H, H_kv, D, segments, rates)
+# Shapes that leave partial query and key blocks (64 x 128); head dims below a vector (6), odd
+# (7: bfloat16's microkernel needs pairs, so ATen's kernel takes it there) and of whole vectors
+# plus a tail (40); grouped K/V, several groups, causal and padding (scattered, whole key blocks,
+# whole sequences). (B, N, H, H_kv, D, segments, rates)
 SHAPES = [
     (1, 256, 4, 4, 64, [64, 128, 256], [1, 2, 4]),
     (2, 384, 6, 2, 32, [128, 384], [1, 3]),
     (1, 400, 3, 3, 16, [400], [1]),
     (1, 272, 2, 1, 6, [136, 272], [1, 2]),
+    (1, 200, 2, 2, 40, [100, 200], [1, 2]),
+    (1, 130, 3, 1, 7, [130], [1]),
     (2, 640, 2, 2, 128, [640], [1]),
 ]
 # float16 runs float32 products (its inputs widened as they are packed): only its rounding of
@@ -197,3 +201,14 @@ def test_forward_suites_pass_with_the_fused_forward_forced():
         f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', "
         f"*[{str(HERE)!r} + '/' + f for f in {FORWARD_SUITES!r}]]))\n",
         DILATED_ATTENTION_CPU_ATTENTION="fused")
+
+
+def test_packed_parts_shorter_than_the_threads_pass_forced_fused():
+    """With more threads than a short part's (view batch, key head) units, the parts still share
+    one backward region when their units together cover the threads (a tail part rides along),
+    and each group runs its own where grouped-query key heads accumulate."""
+    run_in_subprocess(
+        "import sys, pytest\n"
+        f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', "
+        f"*[{str(HERE)!r} + '/' + f for f in ['test_varlen.py', 'test_gqa.py']]]))\n",
+        DILATED_ATTENTION_CPU_ATTENTION="fused", DILATED_ATTENTION_TEST_THREADS="12")
