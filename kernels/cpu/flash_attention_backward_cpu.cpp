@@ -23,16 +23,30 @@ namespace {
 
 using namespace flash;
 
+// Where the key gradients' products need P and dS transposed. Their B operand must then be
+// VNNI pairs of query rows (bf16): dV += P^T dO and dK += dS^T Q, with P and dS transposed per
+// key block. With float products they run transposed instead, dV^T += dO^T P and
+// dK^T += Q^T dS, whose B operands are P and dS as the row pass writes them: only the query
+// block's Q and dO are transposed (once per query block, not per key block), and the key
+// gradients are kept as D x kKeyBlock blocks, transposed once per task as they are stored.
+template <typename P>
+constexpr bool kTransposesWeights = kVnni<P>;
+
 // One task's buffers: its keys and values packed three ways, its key gradients, and one query
 // block's operands and products against one key block, in the products' dtype (P).
 template <typename T, typename P = ProductType<T>>
 struct BackwardScratch {
   std::vector<P> keys_t, values_t, key_rows;
   std::vector<bool> fully_padded;  // per key block
+  // Per key block of kKeyBlock keys: kKeyBlock x D rows, or D x kKeyBlock where the weights
+  // are not transposed (kTransposesWeights).
   std::vector<float> grad_keys, grad_values;
   std::vector<P> query_rows, grad_out_rows;
   std::vector<float> scores, grad_weights, grad_query, delta, lse, keep;
-  std::vector<P> weights, grad_scores, weights_t, grad_scores_t;
+  std::vector<P> weights, grad_scores;
+  std::vector<P> weights_t, grad_scores_t;  // kTransposesWeights: per key block
+  std::vector<P> queries_t, grad_outs_t;    // otherwise: D x kQueryBlock, per query block
+  std::vector<float> key_gradient_rows;     // otherwise: one block's, as they are stored
 
   explicit BackwardScratch(int64_t head_dim)
       : query_rows(static_cast<size_t>(kQueryBlock * head_dim)),
@@ -44,9 +58,16 @@ struct BackwardScratch {
         lse(kQueryBlock),
         keep(kKeyBlock),
         weights(kQueryBlock * kKeyBlock),
-        grad_scores(kQueryBlock * kKeyBlock),
-        weights_t(kKeyBlock * kQueryBlock),
-        grad_scores_t(kKeyBlock * kQueryBlock) {}
+        grad_scores(kQueryBlock * kKeyBlock) {
+    if constexpr (kTransposesWeights<P>) {
+      weights_t.resize(kKeyBlock * kQueryBlock);
+      grad_scores_t.resize(kKeyBlock * kQueryBlock);
+    } else {
+      queries_t.resize(static_cast<size_t>(head_dim * kQueryBlock));
+      grad_outs_t.resize(static_cast<size_t>(head_dim * kQueryBlock));
+      key_gradient_rows.resize(static_cast<size_t>(kKeyBlock * head_dim));
+    }
+  }
 };
 
 // Rows of a [B', h, L, D] result with unit stride along D.
@@ -114,8 +135,12 @@ void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int
   const int64_t rows_packed = kVnni<P> ? (rows + 1) / 2 * 2 : rows;
   const float scale = static_cast<float>(options.scale);
   const float infinity = std::numeric_limits<float>::infinity();
-  pack_rows<T, P>(q, b, h, first, rows, D, nullptr, s.query_rows.data());
-  pack_rows<T, P>(grad_out, b, h, first, rows, D, nullptr, s.grad_out_rows.data());
+  // Packed rows: the B operands of the transposed weights' products, and the A operands where
+  // the products are not the inputs' dtype.
+  if constexpr (kTransposesWeights<P> || !std::is_same_v<T, P>) {
+    pack_rows<T, P>(q, b, h, first, rows, D, nullptr, s.query_rows.data());
+    pack_rows<T, P>(grad_out, b, h, first, rows, D, nullptr, s.grad_out_rows.data());
+  }
   // The score products' A operands: q and dO in place, or the widened rows just packed
   // (row-major, as P is then float32).
   const P* query_a = s.query_rows.data();
@@ -126,6 +151,10 @@ void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int
     grad_out_a = grad_out.at(b, h, first);
     query_ld = q.s2;
     grad_out_ld = grad_out.s2;
+  }
+  if constexpr (!kTransposesWeights<P>) {
+    kernels.transpose(query_a, query_ld, s.queries_t.data(), kQueryBlock, rows, D);
+    kernels.transpose(grad_out_a, grad_out_ld, s.grad_outs_t.data(), kQueryBlock, rows, D);
   }
   for (int64_t i = 0; i < rows; ++i) {
     const T* o = out.at(b, h, first + i);
@@ -166,17 +195,28 @@ void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int
                            keep, s.lse[i], s.delta[i], s.weights.data() + i * kKeyBlock,
                            s.grad_scores.data() + i * kKeyBlock, n_packed);
     }
-    if (rows_packed > rows) {  // the zero query row that evens the VNNI pairs
-      std::fill_n(s.weights.data() + rows * kKeyBlock, kKeyBlock, P(0));
-      std::fill_n(s.grad_scores.data() + rows * kKeyBlock, kKeyBlock, P(0));
+    if constexpr (kTransposesWeights<P>) {
+      if (rows_packed > rows) {  // the zero query row that evens the VNNI pairs
+        std::fill_n(s.weights.data() + rows * kKeyBlock, kKeyBlock, P(0));
+        std::fill_n(s.grad_scores.data() + rows * kKeyBlock, kKeyBlock, P(0));
+      }
+      kernels.transpose(s.weights.data(), kKeyBlock, s.weights_t.data(), kQueryBlock, rows_packed,
+                        n);
+      kernels.transpose(s.grad_scores.data(), kKeyBlock, s.grad_scores_t.data(), kQueryBlock,
+                        rows_packed, n);
+      at::native::cpublas::brgemm(n, D, rows_packed, kQueryBlock, D, D, true, s.weights_t.data(),
+                                  s.grad_out_rows.data(), s.grad_values.data() + offset, kVnni<P>);
+      at::native::cpublas::brgemm(n, D, rows_packed, kQueryBlock, D, D, true,
+                                  s.grad_scores_t.data(), s.query_rows.data(),
+                                  s.grad_keys.data() + offset, kVnni<P>);
+    } else {
+      at::native::cpublas::brgemm(D, n, rows, kQueryBlock, kKeyBlock, kKeyBlock, true,
+                                  s.grad_outs_t.data(), s.weights.data(),
+                                  s.grad_values.data() + offset, false);
+      at::native::cpublas::brgemm(D, n, rows, kQueryBlock, kKeyBlock, kKeyBlock, true,
+                                  s.queries_t.data(), s.grad_scores.data(),
+                                  s.grad_keys.data() + offset, false);
     }
-    kernels.transpose(s.weights.data(), kKeyBlock, s.weights_t.data(), kQueryBlock, rows_packed, n);
-    kernels.transpose(s.grad_scores.data(), kKeyBlock, s.grad_scores_t.data(), kQueryBlock,
-                      rows_packed, n);
-    at::native::cpublas::brgemm(n, D, rows_packed, kQueryBlock, D, D, true, s.weights_t.data(),
-                                s.grad_out_rows.data(), s.grad_values.data() + offset, kVnni<P>);
-    at::native::cpublas::brgemm(n, D, rows_packed, kQueryBlock, D, D, true, s.grad_scores_t.data(),
-                                s.query_rows.data(), s.grad_keys.data() + offset, kVnni<P>);
     at::native::cpublas::brgemm(rows, D, n_packed, kKeyBlock, D, D, true, s.grad_scores.data(),
                                 s.key_rows.data() + offset, s.grad_query.data(), kVnni<P>);
   }
@@ -185,6 +225,28 @@ void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int
   }
   store_rows(s.grad_query.data(), rows, D, call.out_scale, /*accumulate=*/false,
              call.grad_q.at(b, h, first), call.grad_q.s2);
+}
+
+// A task's key (or value) gradients, accumulated per key block as BackwardScratch lays them out,
+// times out_scale into the rows of `to` (or added to them).
+template <typename T>
+void store_key_gradients(const BackwardCall<T>& call, int64_t b, int64_t key_head,
+                         const std::vector<float>& blocks, const ResultRows<T>& to,
+                         BackwardScratch<T>& s) {
+  using P = ProductType<T>;
+  const int64_t D = call.shape.head_dim, key_len = call.shape.key_len;
+  if constexpr (kTransposesWeights<P>) {
+    store_rows(blocks.data(), key_len, D, call.out_scale, call.accumulate, to.at(b, key_head, 0),
+               to.s2);
+  } else {
+    for (int64_t first = 0; first < key_len; first += kKeyBlock) {
+      const int64_t n = std::min(kKeyBlock, key_len - first);
+      flash_row_kernels<float>().transpose(blocks.data() + first * D, kKeyBlock,
+                                           s.key_gradient_rows.data(), D, D, n);
+      store_rows(s.key_gradient_rows.data(), n, D, call.out_scale, call.accumulate,
+                 to.at(b, key_head, first), to.s2);
+    }
+  }
 }
 
 // The calls' units (view batch, key head) in one parallel region, each owning the gradients
@@ -220,10 +282,8 @@ void fused_backward(const std::vector<BackwardCall<T>>& calls) {
                                s);
         }
       }
-      store_rows(s.grad_keys.data(), call.shape.key_len, D, call.out_scale, call.accumulate,
-                 call.grad_k.at(b, key_head, 0), call.grad_k.s2);
-      store_rows(s.grad_values.data(), call.shape.key_len, D, call.out_scale, call.accumulate,
-                 call.grad_v.at(b, key_head, 0), call.grad_v.s2);
+      store_key_gradients(call, b, key_head, s.grad_keys, call.grad_k, s);
+      store_key_gradients(call, b, key_head, s.grad_values, call.grad_v, s);
     }
     at::native::cpublas::brgemm_release(kVnni<ProductType<T>>);
   });
