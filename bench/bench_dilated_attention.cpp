@@ -54,11 +54,6 @@ Inputs make_inputs(const Options& o, at::ScalarType dtype) {
 using AttentionFn =
     std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>;
 
-bench::Timing time_forward(const AttentionFn& fn, const Inputs& in, const Options& o) {
-  c10::InferenceMode no_autograd;  // forward-only cost, no graph recording
-  return bench::time_median([&] { fn(in.q, in.k, in.v); }, o.warmup, o.repeats);
-}
-
 // Leaf copies with requires_grad; gradients are dropped before each run so every repeat
 // does the same work (no accumulation into existing .grad).
 struct GradLeaves {
@@ -73,9 +68,24 @@ struct GradLeaves {
   }
 };
 
-bench::Timing time_forward_backward(const AttentionFn& fn, const Inputs& in, const Options& o) {
-  GradLeaves leaves(in);
-  return bench::time_median([&] { leaves.run(fn, in.grad); }, o.warmup, o.repeats);
+// One pass of every method, their repeats interleaved (bench::time_interleaved).
+std::vector<bench::Timing> time_pass(bool forward_only, const std::vector<AttentionFn>& fns,
+                                     const Inputs& in, const Options& o) {
+  std::vector<std::function<void()>> runs;
+  std::vector<GradLeaves> leaves;
+  leaves.reserve(fns.size());
+  for (const auto& fn : fns) {
+    if (forward_only) {
+      runs.emplace_back([&] {
+        c10::InferenceMode no_autograd;  // forward-only cost, no graph recording
+        fn(in.q, in.k, in.v);
+      });
+    } else {
+      auto& own = leaves.emplace_back(in);
+      runs.emplace_back([&] { own.run(fn, in.grad); });
+    }
+  }
+  return bench::time_interleaved(runs, o.warmup, o.repeats);
 }
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
@@ -148,22 +158,29 @@ int run(int argc, char** argv) {
 
   // Every method is credited with the same dilated work so GFLOP/s compare like for like.
   std::vector<Measurement> all;
-  auto measure = [&](const std::string& method, const std::string& pass, const AttentionFn& fn) {
-    std::cout << "timing " << method << " " << pass << " ..." << std::flush;
+  auto measure = [&](const std::string& pass, const std::vector<std::string>& methods,
+                     const std::vector<AttentionFn>& fns) {
+    std::cout << "timing " << pass << " (interleaved) ..." << std::flush;
     const bool fwd = pass == "forward";
-    Measurement m{method, pass, fwd ? time_forward(fn, in, o) : time_forward_backward(fn, in, o),
-                  fwd ? fwd_flops : 3.5 * fwd_flops};
-    std::cout << " median " << m.timing.median << " s\n";
-    all.push_back(std::move(m));
+    auto timings = time_pass(fwd, fns, in, o);
+    for (size_t i = 0; i < methods.size(); ++i) {
+      std::cout << " " << methods[i] << " " << timings[i].median << " s";
+      all.push_back({methods[i], pass, std::move(timings[i]), fwd ? fwd_flops : 3.5 * fwd_flops});
+    }
+    std::cout << "\n";
   };
-  measure("ours", "forward", ours);
-  measure("ours", "forward_backward", ours);
-  measure("gather_sdpa", "forward", gather);
-  measure("gather_sdpa", "forward_backward", gather);
+  std::vector<std::string> methods{"ours", "gather_sdpa"};
+  std::vector<AttentionFn> fns{ours, gather};
   if (!o.skip_dense) {
-    measure("dense_sdpa", "forward", dense);
-    if (o.dense_backward) measure("dense_sdpa", "forward_backward", dense);
+    methods.push_back("dense_sdpa");
+    fns.push_back(dense);
   }
+  measure("forward", methods, fns);
+  if (!o.skip_dense && !o.dense_backward) {
+    methods.pop_back();
+    fns.pop_back();
+  }
+  measure("forward_backward", methods, fns);
 
   nlohmann::json doc;
   doc["benchmark"] = "dilated_attention";
@@ -177,6 +194,7 @@ int run(int argc, char** argv) {
                    {"causal", o.causal},
                    {"warmup", o.warmup},
                    {"repeats", o.repeats},
+                   {"timing", "methods interleaved: each repeat runs every method once, in turn"},
                    {"seed", o.seed},
                    {"skip_dense", o.skip_dense},
                    {"dense_backward", o.dense_backward},

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <vector>
 
 namespace bench {
@@ -35,6 +36,28 @@ Timing time_median(Fn&& fn, int warmup, int repeats) {
   }
   timing.median = median_of(timing.seconds);
   return timing;
+}
+
+// The same for several callables at once, interleaved: warm-up runs of each, then each repeat
+// runs every one once, in turn. On a shared machine whose speed drifts over seconds (a VM with
+// busy neighbours), a slow spell then lands on every method instead of on whichever ran in it,
+// so ratios of the medians hold where back-to-back blocks of repeats do not.
+template <typename Fn>
+std::vector<Timing> time_interleaved(const std::vector<Fn>& fns, int warmup, int repeats) {
+  for (int i = 0; i < warmup; ++i) {
+    for (const auto& fn : fns) fn();
+  }
+  std::vector<Timing> timings(fns.size());
+  for (int i = 0; i < repeats; ++i) {
+    for (size_t f = 0; f < fns.size(); ++f) {
+      const auto start = std::chrono::steady_clock::now();
+      fns[f]();
+      const auto stop = std::chrono::steady_clock::now();
+      timings[f].seconds.push_back(std::chrono::duration<double>(stop - start).count());
+    }
+  }
+  for (auto& timing : timings) timing.median = median_of(timing.seconds);
+  return timings;
 }
 
 }  // namespace bench

@@ -2,9 +2,10 @@
 // head), which owns the gradients of that head's keys and values (accumulated in float32 over
 // the query heads that share them, no atomics). Per query block and key block it recomputes
 // the scores and dP = dO V^T, forms P and dS in one vectorised pass per row (flash_rows.h), and
-// runs the three gradient products: dV += (P * keep)^T dO, dK += dS^T Q, dQ += dS K, all five
-// products in oneDNN's brgemm microkernel (bf16 dot products into fp32 for bfloat16; float16
-// widened to float32 as it is packed).
+// runs the three gradient products: dV += (P * keep)^T dO, dK += dS^T Q (with float products as
+// dV^T += dO^T (P * keep) and dK^T += Q^T dS: kTransposesWeights), dQ += dS K, all five products
+// in oneDNN's brgemm microkernel (bf16 dot products into fp32 for bfloat16; float16 widened to
+// float32 as it is packed).
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 #include <ATen/ops/empty.h>
@@ -32,6 +33,13 @@ using namespace flash;
 template <typename P>
 constexpr bool kTransposesWeights = kVnni<P>;
 
+// Whether a query block's Q and dO rows are packed: as the transposed weights' B operands, or
+// as the score products' A operands where the products are not the inputs' dtype (float16);
+// float32 reads them in place.
+template <typename T>
+constexpr bool kPacksQueryRows =
+    kTransposesWeights<ProductType<T>> || !std::is_same_v<T, ProductType<T>>;
+
 // One task's buffers: its keys and values packed three ways, its key gradients, and one query
 // block's operands and products against one key block, in the products' dtype (P).
 template <typename T, typename P = ProductType<T>>
@@ -41,7 +49,7 @@ struct BackwardScratch {
   // Per key block of kKeyBlock keys: kKeyBlock x D rows, or D x kKeyBlock where the weights
   // are not transposed (kTransposesWeights).
   std::vector<float> grad_keys, grad_values;
-  std::vector<P> query_rows, grad_out_rows;
+  std::vector<P> query_rows, grad_out_rows;  // kPacksQueryRows
   std::vector<float> scores, grad_weights, grad_query, delta, lse, keep;
   std::vector<P> weights, grad_scores;
   std::vector<P> weights_t, grad_scores_t;  // kTransposesWeights: per key block
@@ -49,9 +57,7 @@ struct BackwardScratch {
   std::vector<float> key_gradient_rows;     // otherwise: one block's, as they are stored
 
   explicit BackwardScratch(int64_t head_dim)
-      : query_rows(static_cast<size_t>(kQueryBlock * head_dim)),
-        grad_out_rows(static_cast<size_t>(kQueryBlock * head_dim)),
-        scores(kQueryBlock * kKeyBlock),
+      : scores(kQueryBlock * kKeyBlock),
         grad_weights(kQueryBlock * kKeyBlock),
         grad_query(static_cast<size_t>(kQueryBlock * head_dim)),
         delta(kQueryBlock),
@@ -59,6 +65,10 @@ struct BackwardScratch {
         keep(kKeyBlock),
         weights(kQueryBlock * kKeyBlock),
         grad_scores(kQueryBlock * kKeyBlock) {
+    if constexpr (kPacksQueryRows<T>) {
+      query_rows.resize(static_cast<size_t>(kQueryBlock * head_dim));
+      grad_out_rows.resize(static_cast<size_t>(kQueryBlock * head_dim));
+    }
     if constexpr (kTransposesWeights<P>) {
       weights_t.resize(kKeyBlock * kQueryBlock);
       grad_scores_t.resize(kKeyBlock * kQueryBlock);
@@ -135,9 +145,7 @@ void backward_query_block(const BackwardCall<T>& call, int64_t b, int64_t h, int
   const int64_t rows_packed = kVnni<P> ? (rows + 1) / 2 * 2 : rows;
   const float scale = static_cast<float>(options.scale);
   const float infinity = std::numeric_limits<float>::infinity();
-  // Packed rows: the B operands of the transposed weights' products, and the A operands where
-  // the products are not the inputs' dtype.
-  if constexpr (kTransposesWeights<P> || !std::is_same_v<T, P>) {
+  if constexpr (kPacksQueryRows<T>) {
     pack_rows<T, P>(q, b, h, first, rows, D, nullptr, s.query_rows.data());
     pack_rows<T, P>(grad_out, b, h, first, rows, D, nullptr, s.grad_out_rows.data());
   }
@@ -417,6 +425,7 @@ bool fused_backward_groups_into(const std::vector<GroupBackwardInto>& groups, do
   // tail part) rides with the rest.
   int64_t total_units = 0;
   for (const auto& group : groups) {
+    if (group.q.numel() == 0 || group.k.numel() == 0) continue;  // no region (run_backward_into)
     const int64_t units = units_of(group.q, group.k);
     if (accumulate_key_values && !enough_units_for_the_threads(units)) return false;
     total_units += units;

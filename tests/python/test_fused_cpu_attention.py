@@ -128,6 +128,15 @@ def test_fused_forward_matches_the_reference(capability, tmp_path):
     assert_match_the_reference(outputs, capability)
 
 
+def test_fused_kernel_on_one_thread_matches_the_reference(tmp_path):
+    """On one thread every call has a (view batch, key head) unit per thread, so the fused
+    backward takes the shapes it declines on two (one unit: D=7, D=6's second group)."""
+    outputs = results_in_subprocess("op_outputs", tmp_path / "outputs.pt",
+                                    DILATED_ATTENTION_CPU_ATTENTION="fused",
+                                    DILATED_ATTENTION_TEST_THREADS="1")
+    assert_match_the_reference(outputs, "one thread")
+
+
 def test_aten_forward_with_fused_backward_matches_the_reference(tmp_path):
     """The pairing the measured choice makes for bfloat16 on AMX CPUs: ATen's forward (its
     output and log-sum-exp) feeding our backward."""
