@@ -13,7 +13,10 @@ VENV=${VENV:-.venv}
 BUILD_DIR=${BUILD_DIR:-build-asan}
 export PATH="$PWD/$VENV/bin:$PATH"
 
+# -O1 -g1 (line tables): what ASan's reports need for file:line, in half the compile time of
+# -O2 -g (the build is most of this script's time on CI's two cores).
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
   -DPython3_EXECUTABLE="$PWD/$VENV/bin/python" -DDILATED_ATTENTION_SANITIZE=ON \
   -DDILATED_ATTENTION_BUILD_BENCH=OFF -DDILATED_ATTENTION_CUDA="${DILATED_ATTENTION_CUDA:-AUTO}" >/dev/null
 cmake --build "$BUILD_DIR" -j"$(nproc)"
