@@ -212,6 +212,20 @@ def test_forward_suites_pass_with_the_fused_forward_forced():
         DILATED_ATTENTION_CPU_ATTENTION="fused")
 
 
+# On one thread every call has a unit per thread, so the fused backward takes the small shapes
+# of these suites (one view batch, one key head) that it leaves to ATen's kernel on two.
+ONE_THREAD_SUITES = ["test_properties.py", "test_layouts.py", "test_gqa.py",
+                     "test_key_padding_mask.py", "test_varlen.py", "test_longnet.py"]
+
+
+def test_suites_pass_forced_fused_on_one_thread():
+    run_in_subprocess(
+        "import sys, pytest\n"
+        f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', "
+        f"*[{str(HERE)!r} + '/' + f for f in {ONE_THREAD_SUITES!r}]]))\n",
+        DILATED_ATTENTION_CPU_ATTENTION="fused", DILATED_ATTENTION_TEST_THREADS="1")
+
+
 def test_packed_parts_shorter_than_the_threads_pass_forced_fused():
     """With more threads than a short part's (view batch, key head) units, the parts still share
     one backward region when their units together cover the threads (a tail part rides along),
