@@ -97,6 +97,14 @@ def run_in_subprocess(code, **env):
     return done
 
 
+def run_suites_in_subprocess(suites, **env):
+    """These test files of this folder, run by pytest in a fresh process under `env`."""
+    run_in_subprocess(
+        "import sys, pytest\n"
+        f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', "
+        f"*[{str(HERE)!r} + '/' + f for f in {list(suites)!r}]]))\n", **env)
+
+
 def results_in_subprocess(function, out_file, **env):
     """What this module's `function`() returns, computed in a fresh process under `env`."""
     run_in_subprocess(
@@ -205,11 +213,7 @@ FORWARD_SUITES = ["test_forward_backward.py", "test_key_padding_mask.py", "test_
 
 
 def test_forward_suites_pass_with_the_fused_forward_forced():
-    run_in_subprocess(
-        "import sys, pytest\n"
-        f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', "
-        f"*[{str(HERE)!r} + '/' + f for f in {FORWARD_SUITES!r}]]))\n",
-        DILATED_ATTENTION_CPU_ATTENTION="fused")
+    run_suites_in_subprocess(FORWARD_SUITES, DILATED_ATTENTION_CPU_ATTENTION="fused")
 
 
 # On one thread every call has a unit per thread, so the fused backward takes the small shapes
@@ -219,19 +223,14 @@ ONE_THREAD_SUITES = ["test_properties.py", "test_layouts.py", "test_gqa.py",
 
 
 def test_suites_pass_forced_fused_on_one_thread():
-    run_in_subprocess(
-        "import sys, pytest\n"
-        f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', "
-        f"*[{str(HERE)!r} + '/' + f for f in {ONE_THREAD_SUITES!r}]]))\n",
-        DILATED_ATTENTION_CPU_ATTENTION="fused", DILATED_ATTENTION_TEST_THREADS="1")
+    run_suites_in_subprocess(ONE_THREAD_SUITES, DILATED_ATTENTION_CPU_ATTENTION="fused",
+                             DILATED_ATTENTION_TEST_THREADS="1")
 
 
 def test_packed_parts_shorter_than_the_threads_pass_forced_fused():
     """With more threads than a short part's (view batch, key head) units, the parts still share
     one backward region when their units together cover the threads (a tail part rides along),
     and each group runs its own where grouped-query key heads accumulate."""
-    run_in_subprocess(
-        "import sys, pytest\n"
-        f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', "
-        f"*[{str(HERE)!r} + '/' + f for f in ['test_varlen.py', 'test_gqa.py']]]))\n",
-        DILATED_ATTENTION_CPU_ATTENTION="fused", DILATED_ATTENTION_TEST_THREADS="12")
+    run_suites_in_subprocess(["test_varlen.py", "test_gqa.py"],
+                             DILATED_ATTENTION_CPU_ATTENTION="fused",
+                             DILATED_ATTENTION_TEST_THREADS="12")
